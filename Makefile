@@ -1,0 +1,45 @@
+# Every target sets up what it needs; `make demo` and `make test` are the two
+# commands of the README. The project installs itself into .venv/.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv services services-stop services-status demo test test-unit bench codegen clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+services: venv
+	APIM_PYTHON=$(abspath $(VPY)) deploy/local/services.sh start
+
+services-stop:
+	deploy/local/services.sh stop
+
+services-status:
+	APIM_PYTHON=$(abspath $(VPY)) deploy/local/services.sh status
+
+demo: services
+	$(VENV)/bin/apim-analytics demo
+
+test: services
+	$(VPY) -m pytest
+
+test-unit: venv
+	$(VPY) -m pytest tests/unit
+
+bench: services
+	$(VPY) -m bench
+
+codegen: venv
+	$(VPY) -m schemas.codegen
+
+clean:
+	rm -rf $(VENV) .local build *.egg-info

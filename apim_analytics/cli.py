@@ -1,0 +1,128 @@
+"""``apim-analytics``: one command, a subcommand per stage of the data flow.
+
+    apim-analytics simulate ...         replay simulated Mixer traffic to a collector
+    apim-analytics collector serve ...  the Mixer metric adapter (gRPC -> Kafka)
+    apim-analytics pipeline run ...     the Beam job (Kafka -> analytics store)
+    apim-analytics demo                 all of it, end to end, into SQLite
+    apim-analytics config show          every setting with its flag, env var and default
+
+Bad arguments exit with status 2 and a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from apim_analytics import logs
+from apim_analytics.settings import SettingsError, add_flags, describe, resolve
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML config file, one section per component [env: APIM_CONFIG]")
+
+
+def _collector_serve(args: argparse.Namespace) -> int:
+    from collector.server import serve
+    from collector.settings import CollectorSettings
+
+    settings = resolve(CollectorSettings, args=args, section="collector")
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _pipeline_run(args: argparse.Namespace) -> int:
+    from pipeline.job import run
+    from pipeline.settings import PipelineSettings
+
+    overrides = {"follow": False} if args.once else {}
+    settings = resolve(PipelineSettings, args=args, section="pipeline", overrides=overrides)
+    results = run(settings, args.beam_args)
+    events = sum(r.events for r in results)
+    print(f"pipeline: {len(results)} run(s), {sum(r.records for r in results)} records, {events} events, "
+          f"{sum(r.duplicates for r in results)} duplicates dropped, "
+          f"{sum(r.undecodable for r in results)} undecodable records")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from apim_analytics.demo import run_demo
+
+    return run_demo(args)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from collector.settings import CollectorSettings
+    from pipeline.settings import PipelineSettings
+
+    for cls, section in ((CollectorSettings, "collector"), (PipelineSettings, "pipeline")):
+        for row in describe(cls, section):
+            print(f"{row['key']:<36} {row['flag']:<28} {row['env']:<38} {row['default']:<24} {row['help']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from collector.settings import CollectorSettings
+    from pipeline.settings import PipelineSettings
+
+    parser = argparse.ArgumentParser(prog="apim-analytics", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collector = sub.add_parser("collector", help="the Mixer metric adapter").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    serve = collector.add_parser("serve", help="serve Mixer's HandleMetric calls and publish to Kafka")
+    _add_config_flag(serve)
+    add_flags(serve, CollectorSettings)
+    serve.set_defaults(func=_collector_serve)
+
+    pipeline = sub.add_parser("pipeline", help="the aggregation job").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    prun = pipeline.add_parser("run", help="aggregate the Kafka backlog into the store (any other flag is a Beam option)")
+    _add_config_flag(prun)
+    add_flags(prun, PipelineSettings)
+    prun.add_argument("--once", action="store_true", help="work off the backlog and exit (the default)")
+    prun.set_defaults(func=_pipeline_run)
+
+    try:
+        from simulator import cli as sim_cli
+    except ImportError:  # pragma: no cover - the simulator ships with the package
+        sim_cli = None
+    if sim_cli is not None:
+        sim = sub.add_parser("simulate", help="send simulated Mixer traffic to a collector")
+        sim_cli.add_arguments(sim)
+        sim.set_defaults(func=sim_cli.run)
+
+    demo = sub.add_parser("demo", help="run everything end to end into SQLite and print a usage summary")
+    from apim_analytics.demo import add_arguments as demo_arguments
+
+    demo_arguments(demo)
+    demo.set_defaults(func=_demo)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True,
+                                                                           metavar="ACTION")
+    show = config.add_parser("show", help="list every setting with its flag, env var and default")
+    show.set_defaults(func=_config_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logs.configure()
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is _pipeline_run:
+        args.beam_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"apim-analytics: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Typed settings read from flags, environment variables and a YAML file.
+
+Each component declares one frozen dataclass; every field carries its flag,
+its environment variable and its help text in ``metadata`` (see :func:`setting`).
+That dataclass is the single source of truth for the component's configuration:
+the CLI flags, the ``--help`` text, the documented defaults and the config-file
+keys are all derived from it.
+
+Precedence, highest first: command-line flag, environment variable, the
+component's section of the YAML config file (``--config FILE`` or
+``APIM_CONFIG``), the dataclass default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+CONFIG_ENV = "APIM_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def setting(default: Any, *, env: str, help: str, flag: str | None = None, secret: bool = False) -> Any:
+    """Declare one setting of a settings dataclass.
+
+    Args:
+        default: the documented default.
+        env: the environment variable that sets it.
+        help: one line for ``--help`` and the docs.
+        flag: the long flag (default: the field name with dashes).
+        secret: keep the value out of ``repr`` and logs.
+    """
+    return dataclasses.field(
+        default=default,
+        repr=not secret,
+        metadata={"env": env, "help": help, "flag": flag, "secret": secret},
+    )
+
+
+def _flag_name(field: dataclasses.Field[Any]) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _base_type(tp: Any) -> Any:
+    """``int | None`` -> ``int``; plain types pass through."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return tp
+
+
+def _convert(name: str, raw: Any, tp: Any) -> Any:
+    """Convert a string (env, flag) or YAML value to the field's type, naming the setting on error."""
+    base = _base_type(tp)
+    if raw is None:
+        return None
+    try:
+        if base is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if base is int:
+            if isinstance(raw, bool):
+                raise ValueError("a boolean is not an integer")
+            return int(str(raw).replace("_", ""))
+        if base is float:
+            return float(raw)
+        if base is Path:
+            return Path(os.path.expanduser(str(raw)))
+        if typing.get_origin(base) is tuple or base is tuple:
+            if isinstance(raw, (list, tuple)):
+                return tuple(str(x) for x in raw)
+            return tuple(p.strip() for p in str(raw).split(",") if p.strip())
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"setting {name}: {exc}") from exc
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """Add one flag per field of ``cls``; flag defaults are None so precedence can be resolved later."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        env = field.metadata.get("env")
+        if env is None:
+            continue
+        default = field.default
+        shown = "(secret)" if field.metadata.get("secret") else repr(default)
+        help_text = f"{field.metadata['help']} [env: {env}; default: {shown}]"
+        if _base_type(hints[field.name]) is bool:
+            parser.add_argument(
+                _flag_name(field), dest=field.name, default=None,
+                action=argparse.BooleanOptionalAction, help=help_text,
+            )
+        else:
+            parser.add_argument(_flag_name(field), dest=field.name, default=None, metavar=field.name.upper(), help=help_text)
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    """Read the YAML config file; an empty or absent path gives an empty mapping."""
+    if not path:
+        return {}
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file {p} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {p} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {p} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def resolve(
+    cls: type[T],
+    *,
+    args: argparse.Namespace | None = None,
+    section: str,
+    config_file: str | Path | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` from flags > environment > config-file section > defaults.
+
+    Args:
+        cls: the settings dataclass.
+        args: parsed flags (fields absent or None fall through).
+        section: the config-file section holding this component's keys.
+        config_file: the YAML file; defaults to ``$APIM_CONFIG``.
+        environ: the environment (tests pass their own).
+        overrides: programmatic values that win over everything (demo, tests).
+
+    Raises:
+        SettingsError: an unknown key in the file section, or a value of the wrong type.
+    """
+    env = os.environ if environ is None else environ
+    if config_file is None:
+        config_file = getattr(args, "config", None) or env.get(CONFIG_ENV)
+    file_section = load_config_file(config_file).get(section) or {}
+    if not isinstance(file_section, dict):
+        raise SettingsError(f"config section {section!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(file_section) - known
+    if unknown:
+        raise SettingsError(f"config section {section!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        name, tp = field.name, hints[field.name]
+        flag_value = getattr(args, name, None) if args is not None else None
+        env_name = field.metadata.get("env")
+        if overrides and name in overrides:
+            values[name] = overrides[name]
+        elif flag_value is not None:
+            values[name] = _convert(_flag_name(field), flag_value, tp)
+        elif env_name and env_name in env:
+            values[name] = _convert(env_name, env[env_name], tp)
+        elif name in file_section:
+            values[name] = _convert(f"{section}.{name}", file_section[name], tp)
+    settings = cls(**values)
+    validate = getattr(settings, "validate", None)
+    if callable(validate):
+        validate()
+    return settings
+
+
+def describe(cls: type[Any], section: str) -> list[dict[str, str]]:
+    """One row per setting (key, flag, env, default, help) for docs and ``config show``."""
+    rows = []
+    for field in dataclasses.fields(cls):
+        if field.metadata.get("env") is None:
+            continue
+        rows.append({
+            "key": f"{section}.{field.name}",
+            "flag": _flag_name(field),
+            "env": field.metadata["env"],
+            "default": "(secret)" if field.metadata.get("secret") else repr(field.default),
+            "help": field.metadata["help"],
+        })
+    return rows
+
+
+def parse_host_port(name: str, value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too), naming the setting when it is malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise SettingsError(f"{name}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

@@ -1,0 +1,240 @@
+"""Who called: the application, key type and subscription tier behind a credential.
+
+An APIM-issued JWT names them in its claims (``application{id,name,owner,tier}``,
+``subscribedAPIs[].subscriptionTier``, ``keytype``, ``consumerKey``/``aud``,
+``sub``), so it resolves locally. An opaque token or API key resolves through
+the subscription catalog, keyed by the SHA-256 of the credential: the raw
+token never leaves this module (not in events, logs or the store).
+
+Resolutions are cached per (credential, API) with a TTL, as the original
+adapter did, because one client reuses one token for many calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ANONYMOUS_APPLICATION = "anonymous"
+UNAUTHENTICATED_TIER = "Unauthenticated"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The resolved caller of one request, as the usage event records it."""
+
+    credential_kind: str  # NONE, JWT, OPAQUE_TOKEN, API_KEY, UNRESOLVED
+    credential_hash: str = ""
+    application_id: str = ANONYMOUS_APPLICATION
+    application_name: str = ""
+    application_owner: str = ""
+    application_tier: str = ""
+    consumer_key: str = ""
+    key_type: str = ""  # PRODUCTION / SANDBOX
+    subscription_tier: str = UNAUTHENTICATED_TIER
+    user_name: str = ""
+    user_tenant_domain: str = ""
+    api_creator: str = ""
+    api_creator_tenant_domain: str = ""
+
+
+ANONYMOUS = Caller(credential_kind="NONE")
+
+
+def credential_hash(raw: str) -> str:
+    """Stable, non-reversible identity of a credential (first 32 hex chars of SHA-256)."""
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _b64url_json(segment: str) -> Any:
+    padded = segment + "=" * (-len(segment) % 4)
+    return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+
+
+def _tenant_of(user: str) -> str:
+    return user.rsplit("@", 1)[1] if "@" in user else "carbon.super"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionEntry:
+    """One opaque token or API key in the subscription catalog."""
+
+    application_id: str
+    application_name: str
+    application_owner: str
+    application_tier: str
+    consumer_key: str
+    key_type: str
+    user_name: str
+    credential_kind: str  # OPAQUE_TOKEN or API_KEY
+    # (api_name, api_version) -> subscription tier
+    subscriptions: dict[tuple[str, str], str]
+
+
+class SubscriptionCatalog:
+    """Opaque tokens and API keys by credential hash, loadable from JSON lines or CSV."""
+
+    def __init__(self, entries: dict[str, SubscriptionEntry] | None = None) -> None:
+        self._entries = dict(entries or {})
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, cred_hash: str) -> SubscriptionEntry | None:
+        return self._entries.get(cred_hash)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SubscriptionCatalog:
+        """Read a catalog file: ``.jsonl``/``.json`` (one object per line or a list) or ``.csv``.
+
+        Each entry has ``credential_sha256`` (full hex digest or its first 32
+        chars), the application fields, and ``subscriptions``: a list of
+        ``{api_name, api_version, tier}`` (CSV: one row per subscription).
+        """
+        p = Path(path)
+        text = p.read_text()
+        rows: list[dict[str, Any]]
+        if p.suffix == ".csv":
+            rows = []
+            for r in csv.DictReader(text.splitlines()):
+                r = dict(r)
+                r["subscriptions"] = [{"api_name": r.pop("api_name", ""), "api_version": r.pop("api_version", ""),
+                                       "tier": r.pop("tier", "")}]
+                rows.append(r)
+        elif text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        entries: dict[str, SubscriptionEntry] = {}
+        for i, r in enumerate(rows):
+            digest = str(r.get("credential_sha256", ""))[:32]
+            if len(digest) != 32:
+                raise ValueError(f"{p}: entry {i} has no credential_sha256")
+            subs = {(s["api_name"], s["api_version"]): s["tier"] for s in r.get("subscriptions", [])}
+            prev = entries.get(digest)
+            if prev is not None:  # CSV: one row per subscription of the same credential
+                prev.subscriptions.update(subs)
+                continue
+            entries[digest] = SubscriptionEntry(
+                application_id=str(r.get("application_id", "")),
+                application_name=str(r.get("application_name", "")),
+                application_owner=str(r.get("application_owner", "")),
+                application_tier=str(r.get("application_tier", "")),
+                consumer_key=str(r.get("consumer_key", "")),
+                key_type=str(r.get("key_type", "PRODUCTION")),
+                user_name=str(r.get("user_name", "")),
+                credential_kind=str(r.get("credential_kind", "OPAQUE_TOKEN")),
+                subscriptions=subs,
+            )
+        return cls(entries)
+
+
+class CredentialResolver:
+    """Resolve an ``Authorization`` header value to a :class:`Caller`, with a TTL cache."""
+
+    def __init__(
+        self,
+        catalog: SubscriptionCatalog | None = None,
+        *,
+        cache_size: int = 100_000,
+        cache_ttl_s: float = 300.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.catalog = catalog or SubscriptionCatalog()
+        self._cache: OrderedDict[tuple[str, str, str], tuple[float, Caller]] = OrderedDict()
+        self._cache_size = cache_size
+        self._ttl = cache_ttl_s
+        self._clock = clock
+        self.hits = 0
+        self.misses = 0
+
+    def resolve(self, auth_header: str, api_name: str, api_version: str) -> Caller:
+        """The caller for one request to (api_name, api_version)."""
+        auth_header = auth_header.strip()
+        if not auth_header:
+            return ANONYMOUS
+        key = (auth_header, api_name, api_version)
+        now = self._clock()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            self.hits += 1
+            self._cache.move_to_end(key)
+            return hit[1]
+        self.misses += 1
+        caller = self._resolve_uncached(auth_header, api_name, api_version)
+        self._cache[key] = (now + self._ttl, caller)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return caller
+
+    def _resolve_uncached(self, auth_header: str, api_name: str, api_version: str) -> Caller:
+        scheme, _, token = auth_header.partition(" ")
+        if not token:  # a bare token or API key with no scheme
+            token, scheme = scheme, ""
+        token = token.strip()
+        digest = credential_hash(token)
+        if token.count(".") == 2:
+            caller = self._from_jwt(token, digest, api_name, api_version)
+            if caller is not None:
+                return caller
+        entry = self.catalog.get(digest)
+        if entry is None:
+            return Caller(credential_kind="UNRESOLVED", credential_hash=digest, application_id="unknown",
+                          subscription_tier="")
+        return Caller(
+            credential_kind=entry.credential_kind,
+            credential_hash=digest,
+            application_id=entry.application_id,
+            application_name=entry.application_name,
+            application_owner=entry.application_owner,
+            application_tier=entry.application_tier,
+            consumer_key=entry.consumer_key,
+            key_type=entry.key_type,
+            subscription_tier=entry.subscriptions.get((api_name, api_version), ""),
+            user_name=entry.user_name,
+            user_tenant_domain=_tenant_of(entry.user_name) if entry.user_name else "",
+        )
+
+    @staticmethod
+    def _from_jwt(token: str, digest: str, api_name: str, api_version: str) -> Caller | None:
+        try:
+            claims = _b64url_json(token.split(".")[1])
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return None
+        if not isinstance(claims, dict):
+            return None
+        app = claims.get("application") if isinstance(claims.get("application"), dict) else {}
+        tier = ""
+        creator = creator_tenant = ""
+        for sub in claims.get("subscribedAPIs") or []:
+            if isinstance(sub, dict) and sub.get("name") == api_name and sub.get("version") == api_version:
+                tier = str(sub.get("subscriptionTier", ""))
+                creator = str(sub.get("publisher", ""))
+                # The creator's tenant is the publisher's, not subscriberTenantDomain
+                # (the original adapter mixed them up; domain.md 1.2).
+                creator_tenant = _tenant_of(creator) if creator else ""
+                break
+        user = str(claims.get("sub", ""))
+        return Caller(
+            credential_kind="JWT",
+            credential_hash=digest,
+            application_id=str(app.get("id") or app.get("uuid") or "unknown"),
+            application_name=str(app.get("name", "")),
+            application_owner=str(app.get("owner", "")),
+            application_tier=str(app.get("tier", "")),
+            consumer_key=str(claims.get("consumerKey") or claims.get("azp") or claims.get("aud") or ""),
+            key_type=str(claims.get("keytype", "")).upper(),
+            subscription_tier=tier,
+            user_name=user,
+            user_tenant_domain=_tenant_of(user) if user else "",
+            api_creator=creator,
+            api_creator_tenant_domain=creator_tenant,
+        )
