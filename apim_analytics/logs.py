@@ -34,6 +34,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, separators=(",", ":"))
 
 
+class _DropKnownNoise(logging.Filter):
+    """Beam logs at import time that the optional GCP client is absent; it is not used here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
 def configure(level: str | None = None) -> None:
     """Install the handler once on the root logger (idempotent)."""
     level_name = (level or os.environ.get("APIM_LOG_LEVEL", "INFO")).upper()
@@ -46,6 +53,7 @@ def configure(level: str | None = None) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
+    handler.addFilter(_DropKnownNoise())
     handler._apim = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level_name)

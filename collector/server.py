@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
 from apim_analytics.settings import parse_host_port
+from collector.dedup import RecentCalls, call_key
 from collector.credentials import CredentialResolver, SubscriptionCatalog
 from collector.mapping import InstanceMapper
 from collector.publisher import KafkaPublisher, ProducerSettings
@@ -46,6 +47,8 @@ CALLS = Counter("apim_collector_calls_total", "HandleMetric calls answered, by g
 INSTANCES = Counter("apim_collector_instances_total", "metric instances received")
 EVENTS = Counter("apim_collector_events_total", "usage events acknowledged by Kafka")
 REJECTED = Counter("apim_collector_instances_rejected_total", "instances that could not be mapped")
+RETRIES = Counter("apim_collector_retries_recognised_total",
+                  "calls answered from the dedup window: Mixer retries of acknowledged calls")
 RECORDS = Counter("apim_collector_kafka_records_total", "Kafka records (event batches) acknowledged")
 CALL_SECONDS = Histogram("apim_collector_call_seconds", "HandleMetric latency, receipt to answer",
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -57,16 +60,34 @@ INFRA_SERVICE = ib_pb2.DESCRIPTOR.services_by_name["InfrastructureBackend"].full
 class MetricHandler(metric_grpc.HandleMetricServiceServicer):
     """``HandleMetric``: map the instances, publish, answer once safe."""
 
-    def __init__(self, mapper: InstanceMapper, publisher: KafkaPublisher, ack_timeout_s: float) -> None:
+    def __init__(self, mapper: InstanceMapper, publisher: KafkaPublisher, ack_timeout_s: float,
+                 recent: RecentCalls) -> None:
         self.mapper = mapper
         self.publisher = publisher
         self.ack_timeout_s = ack_timeout_s
+        self.recent = recent
 
     async def HandleMetric(  # noqa: N802 (gRPC method name)
         self, request: metric_pb2.HandleMetricRequest, context: grpc.aio.ServicerContext
     ) -> report_pb2.ReportResult:
         started = time.perf_counter()
         INSTANCES.inc(len(request.instances))
+        key = call_key(request)
+        if not await self.recent.claim(key):
+            RETRIES.inc()
+            CALLS.labels("OK").inc()
+            return report_pb2.ReportResult()
+        acknowledged = False
+        try:
+            result = await self._handle(request, context)
+            acknowledged = True
+            return result
+        finally:
+            self.recent.finish(key, acknowledged)
+            CALL_SECONDS.observe(time.perf_counter() - started)
+
+    async def _handle(self, request: metric_pb2.HandleMetricRequest, context: grpc.aio.ServicerContext
+                      ) -> report_pb2.ReportResult:
         events, rejected = self.mapper.map_request(request)
         if rejected:
             REJECTED.inc(len(rejected))
@@ -83,7 +104,6 @@ class MetricHandler(metric_grpc.HandleMetricServiceServicer):
         EVENTS.inc(len(events))
         RECORDS.inc(records)
         CALLS.labels("OK").inc()
-        CALL_SECONDS.observe(time.perf_counter() - started)
         return report_pb2.ReportResult()
 
 
@@ -141,7 +161,8 @@ class Collector:
             maximum_concurrent_rpcs=s.max_concurrent_calls,
         )
         metric_grpc.add_HandleMetricServiceServicer_to_server(
-            MetricHandler(mapper, self.publisher, s.ack_timeout_s), self.server)
+            MetricHandler(mapper, self.publisher, s.ack_timeout_s, RecentCalls(s.dedup_window_s, s.dedup_max_calls)),
+            self.server)
         ib_grpc.add_InfrastructureBackendServicer_to_server(InfrastructureBackend(), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

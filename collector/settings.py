@@ -33,6 +33,11 @@ class CollectorSettings:
                                      help="producer compression: lz4, gzip, zstd or none")
     ack_timeout_s: float = setting(30.0, env="APIM_COLLECTOR_ACK_TIMEOUT_S",
                                    help="how long a call waits for Kafka's acknowledgement")
+    dedup_window_s: float = setting(600.0, env="APIM_COLLECTOR_DEDUP_WINDOW_S",
+                                    help="how long an acknowledged call is remembered to recognise Mixer retries "
+                                         "(0: off)")
+    dedup_max_calls: int = setting(100_000, env="APIM_COLLECTOR_DEDUP_MAX_CALLS",
+                                   help="most calls remembered for retry recognition")
     shutdown_grace_s: float = setting(10.0, env="APIM_COLLECTOR_SHUTDOWN_GRACE_S",
                                       help="grace period for in-flight calls on shutdown")
 
