@@ -56,8 +56,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _config_show(args: argparse.Namespace) -> int:
     from collector.settings import CollectorSettings
     from pipeline.settings import PipelineSettings
+    from simulator.config import SimulationConfig
 
-    for cls, section in ((CollectorSettings, "collector"), (PipelineSettings, "pipeline")):
+    for cls, section in ((CollectorSettings, "collector"), (PipelineSettings, "pipeline"),
+                         (SimulationConfig, "simulate")):
         for row in describe(cls, section):
             print(f"{row['key']:<36} {row['flag']:<28} {row['env']:<38} {row['default']:<24} {row['help']}")
     return 0

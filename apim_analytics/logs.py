@@ -48,6 +48,10 @@ def configure(level: str | None = None) -> None:
     if any(getattr(h, "_apim", False) for h in root.handlers):
         root.setLevel(level_name)
         return
+    # We own the process's logging: drop handlers a library installed with
+    # basicConfig at import time, or every line would be printed twice.
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("APIM_LOG_FORMAT", "json") == "text":
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -60,3 +64,6 @@ def configure(level: str | None = None) -> None:
     # Third-party clients are chatty at INFO (kafka-python logs every connection).
     for noisy in ("kafka", "apache_beam", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # kafka-python warns whenever its IO loop is starved of CPU for 100 ms,
+    # which a busy 2-core machine does routinely; real connection trouble is logged elsewhere.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)

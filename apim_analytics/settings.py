@@ -102,7 +102,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         if env is None:
             continue
         default = field.default
-        shown = "(secret)" if field.metadata.get("secret") else repr(default)
+        shown = "(secret)" if field.metadata.get("secret") else _shown(default)
         help_text = f"{field.metadata['help']} [env: {env}; default: {shown}]"
         if _base_type(hints[field.name]) is bool:
             parser.add_argument(
@@ -184,6 +184,10 @@ def resolve(
     return settings
 
 
+def _shown(value: Any) -> str:
+    return repr(str(value)) if isinstance(value, Path) else repr(value)
+
+
 def describe(cls: type[Any], section: str) -> list[dict[str, str]]:
     """One row per setting (key, flag, env, default, help) for docs and ``config show``."""
     rows = []
@@ -194,7 +198,7 @@ def describe(cls: type[Any], section: str) -> list[dict[str, str]]:
             "key": f"{section}.{field.name}",
             "flag": _flag_name(field),
             "env": field.metadata["env"],
-            "default": "(secret)" if field.metadata.get("secret") else repr(field.default),
+            "default": "(secret)" if field.metadata.get("secret") else _shown(field.default),
             "help": field.metadata["help"],
         })
     return rows

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 from apim_analytics.settings import SettingsError, parse_host_port, setting
 
 
@@ -18,8 +16,6 @@ class CollectorSettings:
     topic: str = setting("apim.usage.v1", env="APIM_TOPIC", help="Kafka topic for usage events")
     topic_partitions: int = setting(6, env="APIM_TOPIC_PARTITIONS",
                                     help="partitions when the collector creates the topic")
-    spool_dir: Path = setting(Path(".local/spool"), env="APIM_COLLECTOR_SPOOL_DIR",
-                              help="folder of the local durable spool used while Kafka is unreachable")
     subscriptions: str = setting("", env="APIM_COLLECTOR_SUBSCRIPTIONS",
                                  help="subscription catalog file (JSON lines or CSV) for opaque tokens and API keys")
     metrics_listen: str = setting("127.0.0.1:9102", env="APIM_COLLECTOR_METRICS_LISTEN",
