@@ -72,7 +72,7 @@ def start_collector(target: str, kafka: str, topic: str, subscriptions: Path, lo
     """Start ``apim-analytics collector serve`` as its own process and wait until it is SERVING."""
     cmd = [sys.executable, "-m", "apim_analytics.cli", "collector", "serve", "--listen", target,
            "--kafka", kafka, "--topic", topic, "--subscriptions", str(subscriptions),
-           "--metrics-listen", metrics_listen]
+           "--metrics-listen", metrics_listen, "--spool-dir", str(log_path.parent / "spool")]
     log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
@@ -141,8 +141,10 @@ def run_demo(args: argparse.Namespace) -> int:
     timings["collector start"] = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
+        # The replayed window ends now, so every request time is one the collector accepts.
+        start_ms = (int(time.time() * 1000) - int(args.duration * 1000)) // 60_000 * 60_000
         config = SimulationConfig(target=target, rate=args.rate, duration=args.duration, seed=args.seed,
-                                  ground_truth=str(out / "ground-truth.csv"))
+                                  start=start_ms, ground_truth=str(out / "ground-truth.csv"))
         report, truth = simulate(config)
         timings["simulate"] = time.perf_counter() - t0
         print(f"demo: simulator sent {report.instances} events in {report.calls} HandleMetric calls "

@@ -61,7 +61,8 @@ def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency
     subs.write_text("".join(json.dumps(r) + "\n" for r in subscription_catalog_rows(catalog)))
     t0 = time.perf_counter()
     requests = list(build_requests(generate(catalog, rate=1000.0, duration_s=events / 1000.0,
-                                            start_ms=1_767_225_600_000, seed=7), batch_size=batch))
+                                            start_ms=(int(time.time()) // 3600 - 1) * 3_600_000, seed=7),
+                                   batch_size=batch))
     build_s = time.perf_counter() - t0
     target = f"127.0.0.1:{_free_port()}"
     proc = start_collector(target, kafka, topic, subs, work / "collector.log")

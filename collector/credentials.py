@@ -21,7 +21,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from collector.jwt_verify import JwtVerifier
 
 ANONYMOUS_APPLICATION = "anonymous"
 UNAUTHENTICATED_TIER = "Unauthenticated"
@@ -55,8 +60,17 @@ def credential_hash(raw: str) -> str:
 
 
 def _b64url_json(segment: str) -> Any:
+    """Decode a JWT segment (URL-safe alphabet, no padding), rejecting anything else.
+
+    Only used when signatures are not verified; the verifier does its own strict decoding.
+    """
+    if not segment or any(c not in _B64URL for c in segment):
+        raise ValueError("not base64url")
     padded = segment + "=" * (-len(segment) % 4)
     return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+
+
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def _tenant_of(user: str) -> str:
@@ -102,7 +116,10 @@ class SubscriptionCatalog:
         p = Path(path)
         text = p.read_text()
         rows: list[dict[str, Any]]
-        if p.suffix == ".csv":
+        if p.suffix in (".yaml", ".yml"):
+            doc = yaml.safe_load(text) or []
+            rows = doc.get("subscriptions", []) if isinstance(doc, dict) else doc
+        elif p.suffix == ".csv":
             rows = []
             for r in csv.DictReader(text.splitlines()):
                 r = dict(r)
@@ -113,12 +130,21 @@ class SubscriptionCatalog:
             rows = json.loads(text)
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return cls.from_rows(rows, str(p))
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], origin: str = "catalog") -> SubscriptionCatalog:
+        """Entries from row dicts; one credential may span several rows (one per subscription)."""
+        p = origin
         entries: dict[str, SubscriptionEntry] = {}
         for i, r in enumerate(rows):
             digest = str(r.get("credential_sha256", ""))[:32]
             if len(digest) != 32:
                 raise ValueError(f"{p}: entry {i} has no credential_sha256")
-            subs = {(s["api_name"], s["api_version"]): s["tier"] for s in r.get("subscriptions", [])}
+            listed = r.get("subscriptions")
+            if listed is None and r.get("api_name"):  # a flat row: one subscription (CSV, the store table)
+                listed = [{"api_name": r["api_name"], "api_version": r.get("api_version", ""), "tier": r.get("tier", "")}]
+            subs = {(str(s["api_name"]), str(s["api_version"])): str(s["tier"]) for s in listed or []}
             prev = entries.get(digest)
             if prev is not None:  # CSV: one row per subscription of the same credential
                 prev.subscriptions.update(subs)
@@ -136,6 +162,18 @@ class SubscriptionCatalog:
             )
         return cls(entries)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per (credential, subscription): the store table's shape."""
+        out = []
+        for digest, e in sorted(self._entries.items()):
+            for (api, version), tier in sorted(e.subscriptions.items()) or [(("", ""), "")]:
+                out.append({"credential_sha256": digest, "application_id": e.application_id,
+                            "application_name": e.application_name, "application_owner": e.application_owner,
+                            "application_tier": e.application_tier, "consumer_key": e.consumer_key,
+                            "key_type": e.key_type, "user_name": e.user_name, "credential_kind": e.credential_kind,
+                            "api_name": api, "api_version": version, "tier": tier})
+        return out
+
 
 class CredentialResolver:
     """Resolve an ``Authorization`` header value to a :class:`Caller`, with a TTL cache."""
@@ -144,11 +182,15 @@ class CredentialResolver:
         self,
         catalog: SubscriptionCatalog | None = None,
         *,
+        verifier: JwtVerifier | None = None,
         cache_size: int = 100_000,
         cache_ttl_s: float = 300.0,
         clock: Any = time.monotonic,
     ) -> None:
         self.catalog = catalog or SubscriptionCatalog()
+        self.verifier = verifier
+        self.invalid_tokens = 0
+        self.invalid_reasons: dict[str, int] = {}
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, Caller]] = OrderedDict()
         self._cache_size = cache_size
         self._ttl = cache_ttl_s
@@ -156,8 +198,17 @@ class CredentialResolver:
         self.hits = 0
         self.misses = 0
 
-    def resolve(self, auth_header: str, api_name: str, api_version: str) -> Caller:
-        """The caller for one request to (api_name, api_version)."""
+    def replace_catalog(self, catalog: SubscriptionCatalog) -> None:
+        """Swap in a re-read catalog; cached opaque-token resolutions are dropped."""
+        self.catalog = catalog
+        self._cache.clear()
+
+    def resolve(self, auth_header: str, api_name: str, api_version: str, at_s: float | None = None) -> Caller:
+        """The caller for one request to (api_name, api_version) made at ``at_s`` (epoch seconds).
+
+        JWT expiry is judged at the request's own time, so replayed or late
+        traffic is not rejected for the time it spent in transit.
+        """
         auth_header = auth_header.strip()
         if not auth_header:
             return ANONYMOUS
@@ -169,22 +220,37 @@ class CredentialResolver:
             self._cache.move_to_end(key)
             return hit[1]
         self.misses += 1
-        caller = self._resolve_uncached(auth_header, api_name, api_version)
+        caller = self._resolve_uncached(auth_header, api_name, api_version, at_s)
         self._cache[key] = (now + self._ttl, caller)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return caller
 
-    def _resolve_uncached(self, auth_header: str, api_name: str, api_version: str) -> Caller:
+    def _resolve_uncached(self, auth_header: str, api_name: str, api_version: str, at_s: float | None) -> Caller:
         scheme, _, token = auth_header.partition(" ")
         if not token:  # a bare token or API key with no scheme
             token, scheme = scheme, ""
         token = token.strip()
         digest = credential_hash(token)
         if token.count(".") == 2:
-            caller = self._from_jwt(token, digest, api_name, api_version)
-            if caller is not None:
-                return caller
+            claims: dict[str, Any] | None = None
+            if self.verifier is not None:
+                from collector.jwt_verify import TokenInvalid
+
+                try:
+                    claims = self.verifier.verify(token, now=at_s)
+                except TokenInvalid as exc:
+                    self.invalid_tokens += 1
+                    self.invalid_reasons[str(exc.reason)] = self.invalid_reasons.get(str(exc.reason), 0) + 1
+                    return Caller(credential_kind="UNRESOLVED", credential_hash=digest, application_id="unknown",
+                                  subscription_tier="")
+            else:
+                try:
+                    claims = _b64url_json(token.split(".")[1])
+                except (ValueError, binascii.Error, UnicodeDecodeError):
+                    claims = None
+            if isinstance(claims, dict):
+                return self._from_claims(claims, digest, api_name, api_version)
         entry = self.catalog.get(digest)
         if entry is None:
             return Caller(credential_kind="UNRESOLVED", credential_hash=digest, application_id="unknown",
@@ -204,13 +270,7 @@ class CredentialResolver:
         )
 
     @staticmethod
-    def _from_jwt(token: str, digest: str, api_name: str, api_version: str) -> Caller | None:
-        try:
-            claims = _b64url_json(token.split(".")[1])
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            return None
-        if not isinstance(claims, dict):
-            return None
+    def _from_claims(claims: dict[str, Any], digest: str, api_name: str, api_version: str) -> Caller:
         app = claims.get("application") if isinstance(claims.get("application"), dict) else {}
         tier = ""
         creator = creator_tenant = ""

@@ -1,9 +1,9 @@
 """Recognising Mixer retries: the same call, answered again without republishing.
 
 Mixer retries a report with the same ``dedup_id`` and the same instances. A
-call whose events were acknowledged by Kafka is remembered for a window (by
-dedup id and a digest of its instances, since dedup ids are per-Mixer
-counters and two Mixer replicas can reuse one); a retry inside the window is
+call whose events were made safe is remembered for a window, by a digest of
+its exact bytes (dedup id and instances: dedup ids alone are per-Mixer
+counters that two Mixer replicas can reuse); a retry inside the window is
 answered OK at once. A retry that arrives while the original is still in
 flight waits for the original's outcome instead of publishing twice.
 """
@@ -11,21 +11,9 @@ flight waits for the original's outcome instead of publishing twice.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-
-from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
-
-
-def call_key(request: metric_pb2.HandleMetricRequest) -> bytes:
-    """The identity of a call: its dedup id plus a digest of its instances."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(request.dedup_id.encode("utf-8", "surrogatepass"))
-    for inst in request.instances:
-        h.update(inst.SerializeToString(deterministic=True))
-    return h.digest()
 
 
 class RecentCalls:

@@ -1,31 +1,70 @@
-"""From Mixer metric instances to ``apim.usage.v1.UsageEvent``.
+"""From Mixer metric instances to usage events, driven by a YAML mapping.
 
 Instances are recognised by their short name, the part before ``.instance.``
-(Mixer sends ``<name>.instance.<namespace>``), so the WSO2 adapter's
-``wso2-metrics`` instance maps out of the box in any namespace.
+(Mixer sends ``<name>.instance.<namespace>``). The shipped mapping
+(``collector/mappings/default.yaml``) knows the WSO2 adapter's
+``wso2-metrics`` instance and Istio's default ``requestcount``,
+``requestduration``, ``requestsize`` and ``responsesize``; a deployment can
+replace it with its own file.
 
-Event ids are deterministic: a hash of Mixer's ``dedup_id``, the instance's
-index in the call and the instance's own bytes. A Mixer retry carries the same
-dedup id and the same instances, so it yields the same ids and the pipeline
-counts it once; two Mixer replicas whose dedup counters collide still differ in
-content, so their events never merge.
+How Istio's four instances combine: they describe the same request with the
+same dimensions, so within one call the instances of a group are bucketed by
+their dimensions, and the k-th instance of each kind in a bucket fills the
+k-th event of that bucket. One request therefore gives one event carrying its
+count, duration and sizes; two identical requests in one call give two events.
+An instance kind that is not configured simply leaves its field at zero.
+
+Event ids: the call id (a digest of the Mixer call: dedup id and instances)
+plus the instance's index in the call, so a retried or replayed call yields the
+same ids, while two Mixer replicas whose dedup counters collide still differ.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
-from collector.credentials import Caller, CredentialResolver
-from collector.values import ValueKindError, as_duration_ms, as_int, as_str, as_timestamp_ms
+import yaml
+from google.protobuf.descriptor import FieldDescriptor
+
+from apim_analytics.settings import SettingsError
+from collector.credentials import Caller, CredentialResolver, credential_hash
+from collector.values import ValueKindError, as_duration_ms, as_int, as_str, as_timestamp_ms, to_python
 from schemas.apim.usage.v1 import usage_event_pb2 as pb
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
+from schemas.policy.v1beta1 import type_pb2
+
+EVENT_FIELDS = {f.name: f for f in pb.UsageEvent.DESCRIPTOR.fields}
+# Fields the collector derives itself; a mapping may not set them from dimensions.
+RESERVED_FIELDS = {"event_id", "source", "source_instance", "collected_timestamp_ms", "credential_kind",
+                   "credential_hash", "key_type", "application_id", "application_name", "application_owner",
+                   "application_tier", "consumer_key", "subscription_tier", "properties"}
+INT32_MAX = 2**31 - 1
+
+
+class RejectCode:
+    """Stable reason codes for dead letters and the rejection counter."""
+
+    UNKNOWN_INSTANCE = "UNKNOWN_INSTANCE"
+    WRONG_VALUE_KIND = "WRONG_VALUE_KIND"
+    VALUE_OUT_OF_RANGE = "VALUE_OUT_OF_RANGE"
+    STRING_TOO_LONG = "STRING_TOO_LONG"
+    TIMESTAMP_OUT_OF_RANGE = "TIMESTAMP_OUT_OF_RANGE"
 
 
 class InstanceRejected(ValueError):
     """One instance cannot become an event; the reason goes to the dead-letter topic."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 def short_name(instance_name: str) -> str:
@@ -34,141 +73,367 @@ def short_name(instance_name: str) -> str:
     return head if sep else instance_name
 
 
-Converter = Callable[..., object]
+def _as_bool(value: type_pb2.Value) -> bool:
+    v = to_python(value)
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise ValueKindError(f"{value.WhichOneof('value')} cannot be used as a bool")
 
-# The 16 dimensions of the WSO2 adapter's metric instance (domain.md 1.4), by
-# the UsageEvent field each one fills and how its Value is read.
-WSO2_DIMENSIONS: dict[str, tuple[str, Converter]] = {
-    "api_context": ("api_context", as_str),
-    "api_name": ("api_name", as_str),
-    "api_version": ("api_version", as_str),
-    "resource_path": ("api_resource_path", as_str),
-    "resource_path_template": ("api_resource_template", as_str),
-    "request_method": ("api_method", as_str),
-    "user_ip": ("user_ip", as_str),
-    "user_agent": ("user_agent", as_str),
-    "request_timestamp": ("request_timestamp_ms", as_timestamp_ms),
-    "response_timestamp": ("response_timestamp_ms", as_timestamp_ms),
-    "response_size": ("response_size_bytes", as_int),
-    "api_protocol": ("protocol", as_str),
-    "response_code": ("response_code", as_int),
-    "destination": ("destination", as_str),
-    "request_host": ("api_hostname", as_str),
-}
-AUTH_DIMENSION = "auth_header_value"
+
+def converter_for(field_name: str) -> Callable[[type_pb2.Value], Any]:
+    """How a Value is read into a UsageEvent field, chosen by the field's type and name."""
+    fd = EVENT_FIELDS[field_name]
+    if field_name.endswith("_timestamp_ms"):
+        return as_timestamp_ms
+    if fd.type == FieldDescriptor.TYPE_DOUBLE:
+        return as_duration_ms
+    if fd.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32):
+        return as_int
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        return _as_bool
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        return as_str
+    raise SettingsError(f"field {field_name!r} ({fd.type}) cannot be filled from a dimension")
 
 
 @dataclass(frozen=True)
 class InstanceMapping:
-    """How one kind of metric instance fills a UsageEvent."""
+    """How one kind of metric instance fills an event (one entry of the mapping YAML)."""
 
     short_name: str
-    value_field: str | None
-    dimensions: dict[str, tuple[str, Converter]]
-    auth_dimension: str | None = AUTH_DIMENSION
-    defaults: dict[str, object] = field(default_factory=dict)
+    group: str | None = None
+    counts: bool = False  # value "count": each instance is one request
+    value_field: str | None = None
+    dimensions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    properties: tuple[tuple[str, str], ...] = ()
+    credential: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    event_time: str = "request_timestamp_ms"
 
 
-WSO2_METRICS = InstanceMapping(
-    short_name="wso2-metrics",
-    value_field="request_size_bytes",
-    dimensions=WSO2_DIMENSIONS,
-    defaults={"protocol": "http", "gateway_type": "ISTIO"},
-)
+_MAPPING_KEYS = {"group", "value", "dimensions", "properties", "credential", "defaults", "event_time"}
 
 
-def _event_id(dedup_id: str, index: int, instance: metric_pb2.InstanceMsg) -> str:
+def _check_field(where: str, name: str) -> None:
+    if name not in EVENT_FIELDS:
+        raise SettingsError(f"{where}: {name!r} is not a UsageEvent field")
+    if name in RESERVED_FIELDS:
+        raise SettingsError(f"{where}: {name!r} is set by the collector and cannot be mapped")
+
+
+def parse_mappings(doc: dict[str, Any], origin: str = "mapping") -> dict[str, InstanceMapping]:
+    """Validate a mapping document and compile it.
+
+    Raises:
+        SettingsError: naming the file, the instance and the offending key.
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("instances"), dict):
+        raise SettingsError(f"{origin}: expected a mapping with an 'instances' section")
+    groups = doc.get("groups") or {}
+    out: dict[str, InstanceMapping] = {}
+    for name, spec in doc["instances"].items():
+        where = f"{origin}: instances.{name}"
+        spec = dict(spec or {})
+        group = spec.get("group")
+        if group is not None:
+            if group not in groups:
+                raise SettingsError(f"{where}: unknown group {group!r}")
+            spec = {**groups[group], **spec}
+        unknown = set(spec) - _MAPPING_KEYS
+        if unknown:
+            raise SettingsError(f"{where}: unknown keys {sorted(unknown)}")
+        value = spec.get("value")
+        counts = value == "count"
+        if value is not None and not counts:
+            _check_field(f"{where}.value", value)
+        dims = []
+        for dim, targets in (spec.get("dimensions") or {}).items():
+            fields_ = (targets,) if isinstance(targets, str) else tuple(targets)
+            for f in fields_:
+                _check_field(f"{where}.dimensions.{dim}", f)
+                converter_for(f)
+            dims.append((str(dim), fields_))
+        defaults = dict(spec.get("defaults") or {})
+        for f in defaults:
+            _check_field(f"{where}.defaults", f)
+        event_time = spec.get("event_time", "request_timestamp_ms")
+        if event_time not in ("request_timestamp_ms", "collected"):
+            raise SettingsError(f"{where}.event_time: 'request_timestamp_ms' or 'collected', not {event_time!r}")
+        out[str(name)] = InstanceMapping(
+            short_name=str(name), group=group, counts=counts, value_field=None if counts else value,
+            dimensions=tuple(dims),
+            properties=tuple((str(k), str(v)) for k, v in (spec.get("properties") or {}).items()),
+            credential=spec.get("credential"), defaults=defaults, event_time=event_time,
+        )
+    return out
+
+
+def load_mappings(path: str | Path | None = None) -> dict[str, InstanceMapping]:
+    """The mapping file at ``path``, or the shipped default."""
+    if path:
+        p = Path(path)
+        try:
+            return parse_mappings(yaml.safe_load(p.read_text()), str(p))
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"mapping file {p}: {exc}") from exc
+    text = resources.files("collector").joinpath("mappings/default.yaml").read_text()
+    return parse_mappings(yaml.safe_load(text), "collector/mappings/default.yaml")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a well-formed instance looks like; anything else is dead-lettered with the reason."""
+
+    max_string_bytes: int = 4096
+    max_credential_bytes: int = 16384
+    max_past_ms: int = 7 * 24 * 3600 * 1000
+    max_future_ms: int = 5 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """Optional minimisation of personal data before it leaves the collector."""
+
+    user_ip: str = "keep"  # keep | truncate (IPv4 /24, IPv6 /48) | hash
+    user_name: str = "keep"  # keep | hash
+
+    def apply(self, event: dict[str, Any]) -> None:
+        ip = event.get("user_ip")
+        if ip and self.user_ip != "keep":
+            event["user_ip"] = _truncate_ip(ip) if self.user_ip == "truncate" else "sha256:" + credential_hash(ip)
+        user = event.get("user_name")
+        if user and self.user_name == "hash":
+            event["user_name"] = "sha256:" + credential_hash(user)
+
+
+def _truncate_ip(text: str) -> str:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return ""
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+
+
+def _caller_fields(caller: Caller) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "credential_kind": pb.CredentialKind.Value(caller.credential_kind),
+        "credential_hash": caller.credential_hash,
+        "application_id": caller.application_id,
+        "application_name": caller.application_name,
+        "application_owner": caller.application_owner,
+        "application_tier": caller.application_tier,
+        "consumer_key": caller.consumer_key,
+        "subscription_tier": caller.subscription_tier,
+        "user_name": caller.user_name,
+        "user_tenant_domain": caller.user_tenant_domain,
+    }
+    if caller.key_type in ("PRODUCTION", "SANDBOX"):
+        out["key_type"] = pb.KeyType.Value(caller.key_type)
+    if caller.api_creator:
+        out["api_creator"] = caller.api_creator
+        out["api_creator_tenant_domain"] = caller.api_creator_tenant_domain
+    return out
+
+
+@dataclass
+class Rejection:
+    index: int
+    instance: metric_pb2.InstanceMsg
+    code: str
+    reason: str
+
+
+@dataclass
+class MappedCall:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def call_id_of(request: metric_pb2.HandleMetricRequest, raw: bytes | None = None) -> str:
+    """A digest of the call: its dedup id and its instances (the raw bytes when at hand)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(dedup_id.encode("utf-8", "surrogatepass"))
-    h.update(index.to_bytes(4, "big"))
-    h.update(instance.SerializeToString(deterministic=True))
+    if raw is not None:
+        h.update(raw)
+    else:
+        h.update(request.dedup_id.encode("utf-8", "surrogatepass"))
+        for inst in request.instances:
+            h.update(inst.SerializeToString(deterministic=True))
     return h.hexdigest()
 
 
-def _apply_caller(event: pb.UsageEvent, caller: Caller) -> None:
-    event.credential_kind = pb.CredentialKind.Value(caller.credential_kind)
-    event.credential_hash = caller.credential_hash
-    event.application_id = caller.application_id
-    event.application_name = caller.application_name
-    event.application_owner = caller.application_owner
-    event.application_tier = caller.application_tier
-    event.consumer_key = caller.consumer_key
-    if caller.key_type in ("PRODUCTION", "SANDBOX"):
-        event.key_type = pb.KeyType.Value(caller.key_type)
-    event.subscription_tier = caller.subscription_tier
-    event.user_name = caller.user_name
-    event.user_tenant_domain = caller.user_tenant_domain
-    if caller.api_creator:
-        event.api_creator = caller.api_creator
-        event.api_creator_tenant_domain = caller.api_creator_tenant_domain
-
-
 class InstanceMapper:
-    """Maps the instances of one HandleMetric call; knows every configured instance kind."""
+    """Maps the instances of one HandleMetric call to event dicts (UsageEvent field names)."""
 
-    def __init__(self, resolver: CredentialResolver, mappings: list[InstanceMapping] | None = None,
+    def __init__(self, resolver: CredentialResolver, mappings: dict[str, InstanceMapping] | None = None, *,
+                 limits: Limits = Limits(), privacy: Privacy = Privacy(),
                  clock: Callable[[], float] = time.time) -> None:
         self.resolver = resolver
-        self.mappings = {m.short_name: m for m in (mappings or [WSO2_METRICS])}
+        self.mappings = mappings if mappings is not None else load_mappings()
+        self.limits = limits
+        self.privacy = privacy
         self._clock = clock
+        self._converters = {name: converter_for(name) for name in EVENT_FIELDS
+                            if name not in RESERVED_FIELDS and EVENT_FIELDS[name].type != FieldDescriptor.TYPE_ENUM
+                            and EVENT_FIELDS[name].type != FieldDescriptor.TYPE_MESSAGE}
 
-    def map_instance(self, instance: metric_pb2.InstanceMsg, *, dedup_id: str, index: int,
-                     collected_ms: int | None = None) -> pb.UsageEvent:
-        """One instance -> one event.
-
-        Raises:
-            InstanceRejected: unknown instance name or a dimension of the wrong kind.
-        """
-        mapping = self.mappings.get(short_name(instance.name))
-        if mapping is None:
-            raise InstanceRejected(f"unknown instance {instance.name!r}: no mapping for "
-                                   f"{short_name(instance.name)!r}")
-        event = pb.UsageEvent(
-            event_id=_event_id(dedup_id, index, instance),
-            source=pb.MIXER_METRIC_ADAPTER,
-            source_instance=instance.name,
-            collected_timestamp_ms=collected_ms if collected_ms is not None else int(self._clock() * 1000),
-        )
-        for name, value in mapping.defaults.items():
-            setattr(event, name, value)
-        dims = instance.dimensions
+    # -- one instance -----------------------------------------------------------
+    def _convert(self, field_name: str, value: type_pb2.Value) -> Any:
         try:
-            for dim_name, (field_name, convert) in mapping.dimensions.items():
-                if dim_name in dims:
-                    converted = convert(dims[dim_name])
-                    if converted != "" or field_name not in mapping.defaults:
-                        setattr(event, field_name, converted)
-            if mapping.value_field and instance.HasField("value"):
-                setattr(event, mapping.value_field, as_int(instance.value))
-            auth = as_str(dims[mapping.auth_dimension]) if mapping.auth_dimension in dims else ""
+            out = self._converters[field_name](value)
         except ValueKindError as exc:
-            raise InstanceRejected(f"instance {instance.name!r}: {exc}") from exc
-        except (ValueError, TypeError) as exc:  # out-of-range ints, bad enum values
-            raise InstanceRejected(f"instance {instance.name!r}: {exc}") from exc
-        _apply_caller(event, self.resolver.resolve(auth, event.api_name, event.api_version))
-        if event.response_timestamp_ms and event.request_timestamp_ms:
-            latency = max(0.0, float(event.response_timestamp_ms - event.request_timestamp_ms))
-            event.response_latency_ms = latency
-            event.backend_latency_ms = latency
-        code = event.response_code
-        if code == 429:
-            event.throttled_out = True
-            event.throttled_out_reason = "RATE_LIMITED"
-        if code >= 500:
-            event.fault = True
-            event.error_code = code
-            event.error_message = "Error"
+            raise InstanceRejected(RejectCode.WRONG_VALUE_KIND, f"{field_name}: {exc}") from exc
+        if isinstance(out, str):
+            if len(out) > self.limits.max_string_bytes:
+                raise InstanceRejected(RejectCode.STRING_TOO_LONG,
+                                       f"{field_name}: {len(out)} characters, limit {self.limits.max_string_bytes}")
+        elif isinstance(out, (int, float)) and not isinstance(out, bool):
+            if out < 0:
+                raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: negative value {out}")
+            if EVENT_FIELDS[field_name].type == FieldDescriptor.TYPE_INT32 and out > INT32_MAX:
+                raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: {out} is too large")
+            if out >= 2**63:
+                raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: {out} is too large")
+        return out
+
+    def _fields(self, mapping: InstanceMapping, inst: metric_pb2.InstanceMsg) -> dict[str, Any]:
+        event: dict[str, Any] = dict(mapping.defaults)
+        dims = inst.dimensions
+        for dim, targets in mapping.dimensions:
+            if dim in dims:
+                for target in targets:
+                    value = self._convert(target, dims[dim])
+                    if value != "" or target not in mapping.defaults:
+                        event[target] = value
+        if mapping.properties:
+            props = {key: as_str(dims[dim]) for dim, key in mapping.properties if dim in dims}
+            if props:
+                event["properties"] = props
+        if mapping.value_field and inst.HasField("value"):
+            event[mapping.value_field] = self._convert(mapping.value_field, inst.value)
         return event
 
-    def map_request(self, request: metric_pb2.HandleMetricRequest) -> tuple[list[pb.UsageEvent], list[tuple[int, str]]]:
-        """All instances of one call -> (events, [(index, rejection reason)])."""
-        events: list[pb.UsageEvent] = []
-        rejected: list[tuple[int, str]] = []
-        collected_ms = int(self._clock() * 1000)
-        for index, instance in enumerate(request.instances):
+    def _credential(self, mapping: InstanceMapping, inst: metric_pb2.InstanceMsg) -> str:
+        if not mapping.credential or mapping.credential not in inst.dimensions:
+            return ""
+        try:
+            raw = as_str(inst.dimensions[mapping.credential])
+        except ValueKindError as exc:
+            raise InstanceRejected(RejectCode.WRONG_VALUE_KIND, f"credential: {exc}") from exc
+        if len(raw) > self.limits.max_credential_bytes:
+            raise InstanceRejected(RejectCode.STRING_TOO_LONG,
+                                   f"credential: {len(raw)} characters, limit {self.limits.max_credential_bytes}")
+        return raw
+
+    def _finish(self, event: dict[str, Any], mapping: InstanceMapping, credential: str, now_ms: int) -> None:
+        if mapping.event_time == "collected" or not event.get("request_timestamp_ms"):
+            event["request_timestamp_ms"] = now_ms
+        ts = event["request_timestamp_ms"]
+        if ts < now_ms - self.limits.max_past_ms or ts > now_ms + self.limits.max_future_ms:
+            raise InstanceRejected(RejectCode.TIMESTAMP_OUT_OF_RANGE,
+                                   f"request time {ts} ms is outside [now - {self.limits.max_past_ms} ms, "
+                                   f"now + {self.limits.max_future_ms} ms]")
+        end = event.get("response_timestamp_ms", 0)
+        if end and "response_latency_ms" not in event:
+            if end < ts:
+                raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, "response time is before request time")
+            event["response_latency_ms"] = float(end - ts)
+            event.setdefault("backend_latency_ms", float(end - ts))
+        event.update(_caller_fields(self.resolver.resolve(credential, event.get("api_name", ""),
+                                                          event.get("api_version", ""), at_s=ts / 1000.0)))
+        code = event.get("response_code", 0)
+        if code == 429:
+            event["throttled_out"] = True
+            event["throttled_out_reason"] = "RATE_LIMITED"
+        elif code >= 500:
+            event["fault"] = True
+            event["error_code"] = code
+            event.setdefault("error_message", "Error")
+        self.privacy.apply(event)
+
+    # -- one call ---------------------------------------------------------------
+    def map_call(self, request: metric_pb2.HandleMetricRequest, call_id: str) -> MappedCall:
+        """All instances of one call -> events (with ``call_index``) and rejections."""
+        out = MappedCall()
+        now_ms = int(self._clock() * 1000)
+        # (group, dimensions fingerprint) -> [events], and per kind how many seen
+        buckets: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+        seen: dict[tuple[str, Any, str], int] = {}
+        grouped: list[tuple[int, dict[str, Any], InstanceMapping, str]] = []
+        for index, inst in enumerate(request.instances):
+            mapping = self.mappings.get(short_name(inst.name))
             try:
-                events.append(self.map_instance(instance, dedup_id=request.dedup_id, index=index,
-                                                collected_ms=collected_ms))
+                if mapping is None:
+                    raise InstanceRejected(RejectCode.UNKNOWN_INSTANCE,
+                                           f"unknown instance {inst.name[:200]!r}: no mapping for "
+                                           f"{short_name(inst.name)[:200]!r}")
+                fields_ = self._fields(mapping, inst)
+                credential = self._credential(mapping, inst)
+                if mapping.group is None:
+                    fields_["call_index"] = index
+                    fields_["source_instance"] = inst.name
+                    self._finish(fields_, mapping, credential, now_ms)
+                    out.events.append(fields_)
+                    continue
+                fingerprint = (mapping.group, tuple(sorted((k, v.SerializeToString(deterministic=True))
+                                                           for k, v in inst.dimensions.items())))
+                k = seen.get((*fingerprint, mapping.short_name), 0)
+                seen[(*fingerprint, mapping.short_name)] = k + 1
+                events = buckets.setdefault(fingerprint, [])
+                if k == len(events):
+                    fields_["call_index"] = index
+                    fields_["source_instance"] = inst.name
+                    events.append(fields_)
+                    grouped.append((index, fields_, mapping, credential))
+                else:
+                    for name, value in fields_.items():
+                        events[k].setdefault(name, value)
+                    if mapping.value_field and mapping.value_field in fields_:
+                        events[k][mapping.value_field] = fields_[mapping.value_field]
             except InstanceRejected as exc:
-                rejected.append((index, str(exc)))
-        return events, rejected
+                out.rejected.append(Rejection(index, inst, exc.code, str(exc)))
+        for index, event, mapping, credential in grouped:
+            try:
+                self._finish(event, mapping, credential, now_ms)
+                out.events.append(event)
+            except InstanceRejected as exc:
+                out.rejected.append(Rejection(index, request.instances[index], exc.code, str(exc)))
+        out.events.sort(key=lambda e: e["call_index"])
+        return out
+
+
+def redact_instance(inst: metric_pb2.InstanceMsg, credential_dims: set[str]) -> bytes:
+    """The instance for a dead letter: credential dimensions replaced by their hash."""
+    copy = metric_pb2.InstanceMsg()
+    copy.CopyFrom(inst)
+    for dim in credential_dims:
+        if dim in copy.dimensions:
+            raw = copy.dimensions[dim].SerializeToString()
+            copy.dimensions[dim].Clear()
+            copy.dimensions[dim].string_value = "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
+    return copy.SerializeToString()
+
+
+def event_to_proto(event: dict[str, Any], call_id: str) -> pb.UsageEvent:
+    """One event dict as a UsageEvent row (for tests, dead letters and tools)."""
+    fields_ = {k: v for k, v in event.items() if k in EVENT_FIELDS and k != "properties"}
+    msg = pb.UsageEvent(**fields_)
+    msg.event_id = f"{call_id}/{event['call_index']}"
+    msg.source = pb.MIXER_METRIC_ADAPTER
+    for k, v in (event.get("properties") or {}).items():
+        msg.properties[k] = v
+    return msg
+
+
+def properties_json(event: dict[str, Any]) -> str:
+    props = event.get("properties")
+    return json.dumps(props, separators=(",", ":"), sort_keys=True) if props else ""
+
+
+__all__ = [
+    "EVENT_FIELDS", "InstanceMapper", "InstanceMapping", "InstanceRejected", "Limits", "MappedCall", "Privacy",
+    "RejectCode", "Rejection", "call_id_of", "event_to_proto", "load_mappings", "parse_mappings",
+    "properties_json", "redact_instance", "short_name",
+]

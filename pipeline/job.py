@@ -44,14 +44,20 @@ class RunResult:
 
 def build_pipeline(p: beam.Pipeline, settings: PipelineSettings, plan: list[OffsetRange]) -> None:
     """The run's graph; every step is labelled (labels are what runners match on update)."""
-    _ = (
+    read = (
         p
         | "PlanRanges" >> beam.Create(plan)
         | "SpreadRanges" >> beam.Reshuffle()
-        | "ReadUsageEvents" >> beam.ParDo(ReadUsageEvents(settings.kafka))
+        | "ReadUsageEvents" >> beam.ParDo(ReadUsageEvents(settings.kafka, settings.store, settings.dedup_horizon_s)
+                                          ).with_outputs(ReadUsageEvents.NEW_CALLS, main="events")
+    )
+    new_calls = read[ReadUsageEvents.NEW_CALLS] | "GatherNewCalls" >> beam.combiners.ToList()
+    _ = (
+        read.events
         | "AggregateUsage" >> AggregateUsage()
         | "GatherRun" >> beam.combiners.ToList()
-        | "CommitRun" >> beam.ParDo(CommitRun(settings.store, plan))
+        | "CommitRun" >> beam.ParDo(CommitRun(settings.store, plan, settings.dedup_horizon_s),
+                                    beam.pvalue.AsSingleton(new_calls))
     )
 
 

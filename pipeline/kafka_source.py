@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, TopicPartition
 
+from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
 from schemas.apim.usage.v1 import usage_event_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,15 @@ def plan_ranges(
     return sorted(plan)
 
 
+USAGE_SCHEMA = b"apim.usage.v1.UsageEventColumns"
+_NEEDED = ("request_timestamp_ms", "api_name", "api_version", "application_id", "subscription_tier",
+           "response_code", "request_size_bytes", "response_size_bytes")
+
+
+class PoisonRecord(ValueError):
+    """A record that cannot be counted: wrong schema, undecodable, or inconsistent columns."""
+
+
 @dataclass
 class EventColumns:
     """A chunk of decoded events as columns: only what aggregation needs, no protobuf objects."""
@@ -89,6 +99,7 @@ class EventColumns:
         return len(self.bucket_ms)
 
     def append(self, ev: pb.UsageEvent) -> None:
+        """One row (tests and tools; records arrive as columns, see :meth:`extend`)."""
         ts = ev.request_timestamp_ms
         self.bucket_ms.append(ts - ts % 60_000)
         self.api_name.append(ev.api_name)
@@ -99,19 +110,63 @@ class EventColumns:
         self.request_bytes.append(ev.request_size_bytes)
         self.response_bytes.append(ev.response_size_bytes)
 
+    def extend(self, batch: cols_pb.UsageEventColumns, keep: list[bool] | None = None) -> None:
+        """Append a columnar batch; ``keep`` selects events (duplicates dropped)."""
+        n = batch.count
+        columns = {}
+        for name in _NEEDED:
+            values = list(getattr(batch, name))
+            if values and len(values) != n:
+                raise PoisonRecord(f"column {name} has {len(values)} entries, the batch has {n}")
+            columns[name] = values or ([""] * n if name in ("api_name", "api_version", "application_id",
+                                                            "subscription_tier") else [0] * n)
+        if keep is not None:
+            columns = {k: [v for v, k_ in zip(vals, keep) if k_] for k, vals in columns.items()}
+        self.bucket_ms.extend(ts - ts % 60_000 for ts in columns["request_timestamp_ms"])
+        self.api_name.extend(columns["api_name"])
+        self.api_version.extend(columns["api_version"])
+        self.application_id.extend(columns["application_id"])
+        self.tier.extend(columns["subscription_tier"])
+        self.response_code.extend(columns["response_code"])
+        self.request_bytes.extend(columns["request_size_bytes"])
+        self.response_bytes.extend(columns["response_size_bytes"])
+
+
+def decode_record(value: bytes | None, headers: list[tuple[str, bytes]] | None) -> cols_pb.UsageEventColumns:
+    """A record's batch, or PoisonRecord naming what is wrong with it."""
+    schema = dict(headers or []).get("schema")
+    if schema is not None and schema != USAGE_SCHEMA:
+        raise PoisonRecord(f"unknown schema {schema[:80]!r}; expected {USAGE_SCHEMA.decode()}")
+    if value is None:
+        raise PoisonRecord("empty record")
+    try:
+        batch = cols_pb.UsageEventColumns.FromString(value)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise PoisonRecord(f"not a UsageEventColumns batch: {str(exc)[:120]}") from exc
+    if batch.count < 0:
+        raise PoisonRecord("negative event count")
+    return batch
+
 
 class ReadUsageEvents(beam.DoFn):
-    """OffsetRange -> EventColumns chunks, with duplicate event ids inside the range dropped.
+    """OffsetRange -> EventColumns chunks; the calls counted for the first time go to a tagged output.
 
-    Duplicates (a Mixer retry, a collector replaying its spool) share the
-    application and therefore the partition, so dropping them per range is
-    enough. Records that do not decode are counted and skipped; their offsets
-    still advance with the range.
+    A producer call delivered twice (a timed-out send that arrived after all,
+    plus its spooled copy; a collector replaying its spool after a crash) has
+    the same call id, which is the record key, on the same partition. The
+    reader drops a call id already counted in this range or in an earlier run
+    within the dedup horizon (the store's ``seen_batches``), and drops repeated
+    event ids inside a range for producers that set them. Poison records are
+    counted and skipped; their offsets still advance with the range.
     """
 
-    def __init__(self, bootstrap: str, chunk_events: int = 20_000, poll_timeout_ms: int = 1000,
-                 max_idle_polls: int = 30) -> None:
+    NEW_CALLS = "new_calls"
+
+    def __init__(self, bootstrap: str, store_url: str = "", dedup_horizon_s: float = 3600.0,
+                 chunk_events: int = 50_000, poll_timeout_ms: int = 1000, max_idle_polls: int = 30) -> None:
         self.bootstrap = bootstrap
+        self.store_url = store_url
+        self.dedup_horizon_s = dedup_horizon_s
         self.chunk_events = chunk_events
         self.poll_timeout_ms = poll_timeout_ms
         self.max_idle_polls = max_idle_polls
@@ -120,6 +175,7 @@ class ReadUsageEvents(beam.DoFn):
         self.duplicates = Metrics.counter(self.__class__, "duplicate_events")
         self.poison = Metrics.counter(self.__class__, "undecodable_records")
         self._consumer: KafkaConsumer | None = None
+        self._engine = None
 
     def setup(self) -> None:
         self._consumer = KafkaConsumer(
@@ -131,19 +187,42 @@ class ReadUsageEvents(beam.DoFn):
             fetch_max_bytes=64 << 20,
             client_id="apim-pipeline-reader",
         )
+        if self.store_url:
+            from store.engine import make_engine
+
+            self._engine = make_engine(self.store_url)
 
     def teardown(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        if self._engine is not None:
+            self._engine.dispose()
 
-    def process(self, rng: OffsetRange) -> Iterator[EventColumns]:
+    def _seen_calls(self, rng: OffsetRange) -> set[str]:
+        if self._engine is None:
+            return set()
+        import datetime as dt
+
+        from sqlalchemy import select
+
+        from store.tables import seen_batches
+
+        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=self.dedup_horizon_s)
+        t = seen_batches.c
+        with self._engine.connect() as conn:
+            return {row[0] for row in conn.execute(
+                select(t.call_id).where(t.topic == rng.topic, t.partition == rng.partition,
+                                        t.committed_at >= since))}
+
+    def process(self, rng: OffsetRange) -> Iterator[EventColumns | beam.pvalue.TaggedOutput]:
         consumer = self._consumer
         assert consumer is not None, "setup() not called"
         tp = TopicPartition(rng.topic, rng.partition)
         consumer.assign([tp])
         consumer.seek(tp, rng.start)
-        seen: set[str] = set()
+        seen_calls = self._seen_calls(rng)
+        seen_events: set[str] = set()
         chunk = EventColumns()
         idle = 0
         while consumer.position(tp) < rng.end:
@@ -161,18 +240,25 @@ class ReadUsageEvents(beam.DoFn):
                     break
                 self.records.inc()
                 try:
-                    batch = pb.UsageEventBatch.FromString(record.value)
-                except (DecodeError, TypeError):
-                    self.poison.inc()
-                    log.warning("undecodable record skipped",
-                                extra={"topic": rng.topic, "partition": rng.partition, "offset": record.offset})
-                    continue
-                for ev in batch.events:
-                    if ev.event_id in seen:
-                        self.duplicates.inc()
+                    batch = decode_record(record.value, record.headers)
+                    call_id = batch.header.call_id or (record.key or b"").decode("utf-8", "replace")
+                    if call_id and call_id in seen_calls:
+                        self.duplicates.inc(batch.count)
                         continue
-                    seen.add(ev.event_id)
-                    chunk.append(ev)
+                    keep = None
+                    if batch.event_id:
+                        keep = [eid not in seen_events for eid in batch.event_id]
+                        seen_events.update(batch.event_id)
+                        self.duplicates.inc(keep.count(False))
+                    chunk.extend(batch, keep)
+                except PoisonRecord as exc:
+                    self.poison.inc()
+                    log.warning("record skipped", extra={"topic": rng.topic, "partition": rng.partition,
+                                                         "offset": record.offset, "reason": str(exc)[:200]})
+                    continue
+                if call_id:
+                    seen_calls.add(call_id)
+                    yield beam.pvalue.TaggedOutput(self.NEW_CALLS, (rng.topic, rng.partition, call_id, record.offset))
                 if len(chunk) >= self.chunk_events:
                     self.events.inc(len(chunk))
                     yield chunk

@@ -23,6 +23,9 @@ class PipelineSettings:
                                 help="seconds between runs in follow mode when there is no backlog")
     max_records_per_run: int = setting(50_000, env="APIM_PIPELINE_MAX_RECORDS_PER_RUN",
                                        help="Kafka records (event batches) read per run; bounds memory")
+    dedup_horizon_s: float = setting(3600.0, env="APIM_PIPELINE_DEDUP_HORIZON_S",
+                                     help="how long a counted producer call is remembered, so a second copy of "
+                                          "it (a timed-out send plus its spooled copy) is not counted again")
     consumer_group: str = setting("apim-pipeline", env="APIM_PIPELINE_CONSUMER_GROUP",
                                   help="group whose Kafka offsets mirror the store's, for lag dashboards only")
 

@@ -42,6 +42,38 @@ USAGE_MEASURE_COLUMNS = (
     "requests", "count_2xx", "count_3xx", "count_4xx", "count_5xx", "request_bytes", "response_bytes",
 )
 
+subscription_catalog = Table(
+    "subscription_catalog",
+    metadata,
+    Column("credential_sha256", String(64), primary_key=True,
+           comment="SHA-256 hex (first 32 chars) of the opaque token or API key; never the credential itself"),
+    Column("api_name", String(NAME), primary_key=True),
+    Column("api_version", String(64), primary_key=True),
+    Column("tier", String(64), nullable=False, comment="subscription tier of this application for this API"),
+    Column("application_id", String(NAME), nullable=False),
+    Column("application_name", String(NAME), nullable=False, default=""),
+    Column("application_owner", String(NAME), nullable=False, default=""),
+    Column("application_tier", String(64), nullable=False, default=""),
+    Column("consumer_key", String(NAME), nullable=False, default=""),
+    Column("key_type", String(16), nullable=False, default="PRODUCTION"),
+    Column("user_name", String(NAME), nullable=False, default=""),
+    Column("credential_kind", String(16), nullable=False, default="OPAQUE_TOKEN",
+           comment="OPAQUE_TOKEN or API_KEY"),
+    comment="opaque tokens and API keys -> application and subscriptions, for the collector",
+)
+
+seen_batches = Table(
+    "seen_batches",
+    metadata,
+    Column("topic", String(NAME), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("call_id", String(64), primary_key=True, comment="record key: the producer call's digest"),
+    Column("record_offset", BigInteger, nullable=False),
+    Column("committed_at", DateTime(timezone=False), nullable=False),
+    comment="recently counted producer calls per partition, so a call delivered twice "
+            "(a timed-out send plus its spooled copy) is counted once even across runs",
+)
+
 source_offsets = Table(
     "source_offsets",
     metadata,

@@ -50,3 +50,18 @@ def additive_upsert(
         )
         conn.execute(stmt, list(rows[start:start + chunk]))
     return len(rows)
+
+
+def replace_upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str],
+                   chunk: int = 2000) -> int:
+    """Insert ``rows``, overwriting every non-key column of rows that already exist."""
+    if not rows:
+        return 0
+    insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[conn.dialect.name]
+    columns = [c for c in rows[0] if c not in key]
+    for start in range(0, len(rows), chunk):
+        stmt = insert_fn(table)
+        stmt = stmt.on_conflict_do_update(index_elements=[table.c[k] for k in key],
+                                          set_={c: stmt.excluded[c] for c in columns})
+        conn.execute(stmt, list(rows[start:start + chunk]))
+    return len(rows)

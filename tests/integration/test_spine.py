@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 SEED = 11
 RATE, DURATION = 100.0, 150.0  # 15,000 requests over 2.5 simulated minutes
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+# Two hours ago, on the hour: recent enough for the collector's event-age check, and
+# whole minutes so the ground truth's buckets are stable.
+START_MS = (int(time.time()) // 3600 - 2) * 3600 * 1000
 
 
 class RunningCollector:
@@ -125,25 +128,39 @@ def test_store_equals_ground_truth_exactly_with_mixer_retries(
     assert compare(store_url, truth).exact
 
 
-def test_duplicate_events_inside_a_run_count_once(kafka_bootstrap: str, topic: str, store_url: str) -> None:
-    """A batch published twice (a retry the collector could not recognise) and a
-    batch repeating an event are both counted once when they share a run."""
-    from schemas.apim.usage.v1 import usage_event_pb2 as pb
+def test_a_call_delivered_twice_counts_once_even_across_runs(kafka_bootstrap: str, topic: str,
+                                                              store_url: str) -> None:
+    """The same call id twice (a timed-out send that arrived plus its spooled copy),
+    repeated event ids, and a poison record: each event is counted exactly once."""
+    from collector.columns import build_columns
+    from collector.publisher import USAGE_SCHEMA
 
-    def event(i: int, code: int) -> pb.UsageEvent:
-        return pb.UsageEvent(event_id=f"e{i}", request_timestamp_ms=START_MS + i * 1000, api_name="PizzaAPI",
-                             api_version="1.0.0", application_id="app-1", subscription_tier="Gold",
-                             response_code=code, request_size_bytes=10, response_size_bytes=100)
+    def events(codes: list[int]) -> list[dict]:
+        return [{"call_index": i, "request_timestamp_ms": START_MS + i * 1000, "api_name": "PizzaAPI",
+                 "api_version": "1.0.0", "application_id": "app-1", "subscription_tier": "Gold",
+                 "response_code": c, "request_size_bytes": 10, "response_size_bytes": 100}
+                for i, c in enumerate(codes)]
 
-    first = pb.UsageEventBatch(events=[event(i, 200) for i in range(10)]).SerializeToString()
-    overlapping = pb.UsageEventBatch(events=[event(i, 200) for i in range(5, 15)]).SerializeToString()
+    call_a = build_columns(events([200] * 10), call_id="call-a", producer_id="p").SerializeToString()
+    call_b = build_columns(events([404] * 4), call_id="call-b", producer_id="p").SerializeToString()
+    headers = [("schema", USAGE_SCHEMA)]
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    for payload in (first, first, overlapping, b"\xff\xffnot a protobuf"):
-        producer.send(topic, payload, partition=1).get(30)
-    producer.close()
+    for key, payload, hdrs in ((b"call-a", call_a, headers), (b"call-a", call_a, headers),
+                               (b"x", b"\xff\xffnot a protobuf", headers),
+                               (b"y", call_b, [("schema", b"other.v9.Thing")])):
+        producer.send(topic, payload, key=key, partition=1, headers=hdrs).get(30)
+    producer.flush()
 
     results = run_pipeline(PipelineSettings(kafka=kafka_bootstrap, topic=topic, store=store_url))
-    assert [(r.records, r.events, r.duplicates, r.undecodable) for r in results] == [(4, 15, 15, 1)]
+    assert [(r.records, r.events, r.duplicates, r.undecodable) for r in results] == [(4, 10, 10, 2)]
+
+    # A third copy of call-a arrives later, in another run: still counted once.
+    producer.send(topic, call_a, key=b"call-a", partition=1, headers=headers).get(30)
+    producer.send(topic, call_b, key=b"call-b", partition=1, headers=headers).get(30)
+    producer.close()
+    results = run_pipeline(PipelineSettings(kafka=kafka_bootstrap, topic=topic, store=store_url))
+    assert [(r.records, r.events, r.duplicates) for r in results] == [(2, 4, 10)]
     rows = stored_cells(store_url)
-    assert sum(v[0] for v in rows.values()) == 15
-    assert sum(v[5] for v in rows.values()) == 1500
+    assert sum(v[0] for v in rows.values()) == 10
+    assert sum(v[2] for v in rows.values()) == 4
+    assert sum(v[5] for v in rows.values()) == 1400

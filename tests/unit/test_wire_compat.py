@@ -1239,45 +1239,12 @@ def test_metric_file_sets_template_options() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_usage_event_batch_round_trip() -> None:
-    batch = usage_event_pb2.UsageEventBatch(
-        producer_id="collector-0",
-        produced_timestamp_ms=1_700_000_000_500,
-        events=[
-            usage_event_pb2.UsageEvent(
-                event_id="e1",
-                source=usage_event_pb2.MIXER_METRIC_ADAPTER,
-                source_instance="wso2-metrics.instance.istio-system",
-                request_timestamp_ms=1_700_000_000_000,
-                api_name="PizzaShackAPI",
-                api_version="1.0.0",
-                api_context="/pizzashack/1.0.0",
-                api_resource_template="/order/{orderId}",
-                api_method="GET",
-                application_id="app-1",
-                key_type=usage_event_pb2.PRODUCTION,
-                credential_kind=usage_event_pb2.JWT,
-                response_code=200,
-                response_latency_ms=12.5,
-                request_size_bytes=512,
-                response_size_bytes=2048,
-                user_ip="2001:db8::1",
-                properties={"tenant": "carbon.super", "region": "eu"},
-            ),
-            usage_event_pb2.UsageEvent(
-                event_id="e2",
-                source=usage_event_pb2.ENVOY_ACCESS_LOG,
-                throttled_out=True,
-                throttled_out_reason="SUBSCRIPTION_LIMIT_EXCEEDED",
-                fault=True,
-                error_code=-1,
-                response_code=429,
-            ),
-        ],
+def test_usage_event_round_trip() -> None:
+    event = usage_event_pb2.UsageEvent(
+        event_id="e1", source=usage_event_pb2.MIXER_METRIC_ADAPTER, request_timestamp_ms=1_700_000_000_000,
+        api_name="PizzaShackAPI", key_type=usage_event_pb2.PRODUCTION, response_code=200,
+        response_latency_ms=12.5, error_code=-1, properties={"tenant": "carbon.super", "region": "eu"},
     )
-    data = batch.SerializeToString()
-    decoded = usage_event_pb2.UsageEventBatch.FromString(data)
-    assert decoded == batch
-    assert dict(decoded.events[0].properties) == {"tenant": "carbon.super", "region": "eu"}
-    assert decoded.events[1].error_code == -1
-    assert usage_event_pb2.UsageEventBatch.DESCRIPTOR.full_name == "apim.usage.v1.UsageEventBatch"
+    decoded = usage_event_pb2.UsageEvent.FromString(event.SerializeToString())
+    assert decoded == event
+    assert dict(decoded.properties) == {"tenant": "carbon.super", "region": "eu"}

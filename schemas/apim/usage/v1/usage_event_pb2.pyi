@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -173,12 +173,12 @@ class UsageEvent(_message.Message):
     properties: _containers.ScalarMap[str, str]
     def __init__(self, event_id: _Optional[str] = ..., source: _Optional[_Union[EventSource, str]] = ..., source_instance: _Optional[str] = ..., request_timestamp_ms: _Optional[int] = ..., response_timestamp_ms: _Optional[int] = ..., collected_timestamp_ms: _Optional[int] = ..., correlation_id: _Optional[str] = ..., api_name: _Optional[str] = ..., api_version: _Optional[str] = ..., api_context: _Optional[str] = ..., api_resource_template: _Optional[str] = ..., api_resource_path: _Optional[str] = ..., api_method: _Optional[str] = ..., api_creator: _Optional[str] = ..., api_creator_tenant_domain: _Optional[str] = ..., api_hostname: _Optional[str] = ..., api_id: _Optional[str] = ..., application_id: _Optional[str] = ..., application_name: _Optional[str] = ..., application_owner: _Optional[str] = ..., consumer_key: _Optional[str] = ..., key_type: _Optional[_Union[KeyType, str]] = ..., subscription_tier: _Optional[str] = ..., application_tier: _Optional[str] = ..., credential_kind: _Optional[_Union[CredentialKind, str]] = ..., credential_hash: _Optional[str] = ..., user_name: _Optional[str] = ..., user_tenant_domain: _Optional[str] = ..., user_ip: _Optional[str] = ..., user_agent: _Optional[str] = ..., response_code: _Optional[int] = ..., target_response_code: _Optional[int] = ..., throttled_out: _Optional[bool] = ..., throttled_out_reason: _Optional[str] = ..., fault: _Optional[bool] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., error_type: _Optional[str] = ..., response_cache_hit: _Optional[bool] = ..., response_latency_ms: _Optional[float] = ..., backend_latency_ms: _Optional[float] = ..., security_latency_ms: _Optional[float] = ..., throttling_latency_ms: _Optional[float] = ..., request_mediation_latency_ms: _Optional[float] = ..., response_mediation_latency_ms: _Optional[float] = ..., request_size_bytes: _Optional[int] = ..., response_size_bytes: _Optional[int] = ..., destination: _Optional[str] = ..., protocol: _Optional[str] = ..., gateway_type: _Optional[str] = ..., region_id: _Optional[str] = ..., source_workload: _Optional[str] = ..., source_namespace: _Optional[str] = ..., source_principal: _Optional[str] = ..., destination_workload: _Optional[str] = ..., destination_namespace: _Optional[str] = ..., destination_service: _Optional[str] = ..., destination_principal: _Optional[str] = ..., reporter: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
-class UsageEventBatch(_message.Message):
-    __slots__ = ("events", "producer_id", "produced_timestamp_ms")
-    EVENTS_FIELD_NUMBER: _ClassVar[int]
+class BatchHeader(_message.Message):
+    __slots__ = ("producer_id", "produced_timestamp_ms", "call_id")
     PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCED_TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
-    events: _containers.RepeatedCompositeFieldContainer[UsageEvent]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
     producer_id: str
     produced_timestamp_ms: int
-    def __init__(self, events: _Optional[_Iterable[_Union[UsageEvent, _Mapping]]] = ..., producer_id: _Optional[str] = ..., produced_timestamp_ms: _Optional[int] = ...) -> None: ...
+    call_id: str
+    def __init__(self, producer_id: _Optional[str] = ..., produced_timestamp_ms: _Optional[int] = ..., call_id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,94 @@
+"""Event dicts -> ``apim.usage.v1.UsageEventColumns`` records, one per partition.
+
+An event's partition is ``murmur2(application_id) % partitions`` (Kafka's
+default partitioner hash), so an application's events always land on one
+partition, in order. The events of one call that share a partition travel as
+one columnar record: kafka-python costs 40-80 us per record in pure Python
+(engineering.md e), and columns are filled through C-level repeated fields.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from kafka.partitioner.default import murmur2
+
+from collector.mapping import EVENT_FIELDS, properties_json
+from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
+from schemas.apim.usage.v1 import usage_event_pb2 as pb
+
+_DEFAULTS: dict[str, Any] = {}
+for _name, _fd in EVENT_FIELDS.items():
+    if _fd.type == FieldDescriptor.TYPE_MESSAGE:
+        continue
+    _DEFAULTS[_name] = {FieldDescriptor.TYPE_STRING: "", FieldDescriptor.TYPE_BOOL: False,
+                        FieldDescriptor.TYPE_DOUBLE: 0.0}.get(_fd.type, 0)
+_COLUMN_FIELDS = tuple(n for n in _DEFAULTS if n != "event_id")
+
+
+def partition_for(application_id: str, partitions: int) -> int:
+    """Kafka's default partitioner hash, applied to the application id."""
+    return (murmur2(application_id.encode("utf-8", "surrogatepass")) & 0x7FFFFFFF) % partitions
+
+
+def build_columns(events: Sequence[dict[str, Any]], *, call_id: str, producer_id: str,
+                  produced_ms: int | None = None) -> cols_pb.UsageEventColumns:
+    """One columnar batch; a column is left empty when every event has its default."""
+    batch = cols_pb.UsageEventColumns(count=len(events))
+    batch.header.producer_id = producer_id
+    batch.header.produced_timestamp_ms = produced_ms if produced_ms is not None else int(time.time() * 1000)
+    batch.header.call_id = call_id
+    batch.call_index.extend([e["call_index"] for e in events])
+    present: set[str] = set()
+    for e in events:
+        present.update(e)
+    for name in _COLUMN_FIELDS:
+        if name in present:
+            default = _DEFAULTS[name]
+            getattr(batch, name).extend([e.get(name, default) for e in events])
+    if "properties" in present:
+        batch.properties_json.extend([properties_json(e) for e in events])
+    batch.source.extend([pb.MIXER_METRIC_ADAPTER] * len(events))
+    return batch
+
+
+def partitioned_records(events: Sequence[dict[str, Any]], *, partitions: int, call_id: str,
+                        producer_id: str) -> dict[int, bytes]:
+    """{partition: serialized UsageEventColumns} for one call's events."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        groups.setdefault(partition_for(e.get("application_id", ""), partitions), []).append(e)
+    now_ms = int(time.time() * 1000)
+    return {p: build_columns(g, call_id=call_id, producer_id=producer_id, produced_ms=now_ms).SerializeToString()
+            for p, g in groups.items()}
+
+
+def rows(batch: cols_pb.UsageEventColumns) -> list[pb.UsageEvent]:
+    """A columnar batch back as UsageEvent rows (tools and tests; the pipeline reads columns)."""
+    import json
+
+    n = batch.count
+    columns = {}
+    for fd in cols_pb.UsageEventColumns.DESCRIPTOR.fields:
+        if fd.is_repeated and fd.name != "call_index":
+            values = list(getattr(batch, fd.name))
+            if values:
+                if len(values) != n:
+                    raise ValueError(f"column {fd.name} has {len(values)} entries, batch has {n}")
+                columns[fd.name] = values
+    out = []
+    for i in range(n):
+        ev = pb.UsageEvent()
+        for name, values in columns.items():
+            if name == "properties_json":
+                if values[i]:
+                    ev.properties.update(json.loads(values[i]))
+            else:
+                setattr(ev, name, values[i])
+        if not ev.event_id and batch.call_index:
+            ev.event_id = f"{batch.header.call_id}/{batch.call_index[i]}"
+        out.append(ev)
+    return out
