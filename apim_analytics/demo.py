@@ -68,11 +68,11 @@ def _wait_serving(target: str, proc: subprocess.Popen, timeout_s: float = 60.0) 
 
 
 def start_collector(target: str, kafka: str, topic: str, subscriptions: Path, log_path: Path,
-                    metrics_listen: str = "") -> subprocess.Popen:
+                    metrics_listen: str = "", extra_args: list[str] | None = None) -> subprocess.Popen:
     """Start ``apim-analytics collector serve`` as its own process and wait until it is SERVING."""
     cmd = [sys.executable, "-m", "apim_analytics.cli", "collector", "serve", "--listen", target,
            "--kafka", kafka, "--topic", topic, "--subscriptions", str(subscriptions),
-           "--metrics-listen", metrics_listen, "--spool-dir", str(log_path.parent / "spool")]
+           "--metrics-listen", metrics_listen, "--spool-dir", str(log_path.parent / "spool"), *(extra_args or [])]
     log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     try:

@@ -68,13 +68,19 @@ class SafeDelivery:
     """Kafka when it answers, the spool when it does not; drains the spool in order."""
 
     def __init__(self, publisher: KafkaPublisher, spool: Spool, *, ack_timeout_s: float,
-                 drain_batch: int = 256, retry_backoff_s: float = 0.5) -> None:
+                 drain_batch: int = 512, drain_bytes: int = 4 << 20, retry_backoff_s: float = 0.5) -> None:
         self.publisher = publisher
         self.spool = spool
         self.ack_timeout_s = ack_timeout_s
         self.drain_batch = drain_batch
+        self.drain_bytes = drain_bytes
+        # The drainer waits for a definite answer: until the producer itself gives
+        # up on the records. Re-sending records the producer still holds would only
+        # pile up copies and keep Kafka further behind.
+        self.drain_timeout_s = publisher.delivery_timeout_s + 5.0
         self.retry_backoff_s = retry_backoff_s
         self._drainer: asyncio.Task[None] | None = None
+        self._resetting: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._update_gauges()
@@ -88,6 +94,7 @@ class SafeDelivery:
         self._drainer = asyncio.get_running_loop().create_task(self._drain_forever(), name="spool-drainer")
         if self.spooling:
             log.info("spool holds records from before; draining", extra={"records": self.spool.depth_entries})
+        if self.spooling or not self.publisher.ready:
             self._wake.set()
 
     async def deliver(self, records: list[Record]) -> str:
@@ -98,7 +105,7 @@ class SafeDelivery:
         """
         if not records:
             return "kafka"
-        if not self.spooling:
+        if not self.spooling and self.publisher.ready:
             started = time.perf_counter()
             try:
                 await self.publisher.send(records, self.ack_timeout_s)
@@ -107,25 +114,45 @@ class SafeDelivery:
             except Exception as exc:  # noqa: BLE001 - any failure: fall back to the spool
                 log.warning("Kafka did not acknowledge; spooling", extra={"records": len(records),
                                                                           "error": repr(exc)[:200]})
+                self._reset_soon()
         await self.spool.append([encode_record(r) for r in records])
         SPOOLED.inc(len(records))
         self._update_gauges()
         self._wake.set()
         return "spool"
 
+    @property
+    def draining_needed(self) -> bool:
+        return self.spooling or not self.publisher.ready
+
+    def _reset_soon(self) -> None:
+        """Abandon the producer once (its pending copies are in the spool now); the drainer builds a new one."""
+        if self._resetting is None or self._resetting.done():
+            self._resetting = asyncio.get_running_loop().create_task(self.publisher.reset())
+
     async def _drain_forever(self) -> None:
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            while not self._closing and self.spooling:
-                entries = await self.spool.read(self.drain_batch)
+            while not self._closing and (self.spooling or not self.publisher.ready):
+                try:
+                    if self._resetting is not None:
+                        await self._resetting
+                    await self.publisher.ensure()
+                except Exception as exc:  # noqa: BLE001 - Kafka still away: try again later
+                    log.info("waiting for Kafka", extra={"error": repr(exc)[:200],
+                                                         "records": self.spool.depth_entries})
+                    await asyncio.sleep(self.retry_backoff_s)
+                    continue
+                entries = await self.spool.read(self.drain_batch, self.drain_bytes)
                 if not entries:
                     break
                 try:
-                    await self.publisher.send([decode_record(data) for _, data in entries], self.ack_timeout_s)
+                    await self.publisher.send([decode_record(data) for _, data in entries], self.drain_timeout_s)
                 except Exception as exc:  # noqa: BLE001 - Kafka still away: try again later
                     log.info("spool drain waiting for Kafka", extra={"error": repr(exc)[:200],
                                                                      "records": self.spool.depth_entries})
+                    await self.publisher.reset()
                     await asyncio.sleep(self.retry_backoff_s)
                     continue
                 await self.spool.ack(entries[-1][0])

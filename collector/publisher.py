@@ -43,32 +43,83 @@ class ProducerSettings:
     batch_size: int = 1 << 20
     compression: str | None = "lz4"
     request_timeout_ms: int = 10_000
+    # How long the producer keeps retrying a record before giving up on it. A
+    # record the collector spooled after an ack timeout may still arrive within
+    # this window (the pipeline counts its call id once).
+    delivery_timeout_ms: int = 30_000
     max_request_size: int = 16 << 20
     client_id: str = "apim-collector"
     source: str = "mixer-metric-adapter"
 
 
+class KafkaUnavailable(RuntimeError):
+    """No producer is connected right now (Kafka was unreachable when one was last built)."""
+
+
 class KafkaPublisher:
-    """Thin async facade over kafka-python's thread-based producer."""
+    """Thin async facade over kafka-python's thread-based producer.
+
+    After a failure the collector *resets* the publisher: the old producer is
+    closed without waiting, which discards the copies it still held (their
+    records are in the spool by then), and a fresh producer with a fresh
+    idempotence id is built when Kafka answers again. A producer that lived
+    through a broker crash can otherwise keep retrying stale batches for its
+    whole delivery timeout.
+    """
 
     def __init__(self, settings: ProducerSettings) -> None:
         self.settings = settings
         self._source = settings.source.encode()
-        self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            client_id=settings.client_id,
+        self._producer: KafkaProducer | None = None
+
+    def _build(self) -> KafkaProducer:
+        s = self.settings
+        return KafkaProducer(
+            bootstrap_servers=s.bootstrap,
+            client_id=s.client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=settings.linger_ms,
-            batch_size=settings.batch_size,
-            compression_type=settings.compression,
-            request_timeout_ms=settings.request_timeout_ms,
-            max_request_size=settings.max_request_size,
-            max_block_ms=2000,
+            linger_ms=s.linger_ms,
+            batch_size=s.batch_size,
+            compression_type=s.compression,
+            request_timeout_ms=s.request_timeout_ms,
+            delivery_timeout_ms=max(s.delivery_timeout_ms, s.request_timeout_ms + s.linger_ms),
+            max_request_size=s.max_request_size,
+            # send() runs on the event loop: never let it block for long when the
+            # buffer is full; the call falls back to the spool instead.
+            max_block_ms=200,
+            bootstrap_timeout_ms=5000,
         )
+
+    @property
+    def ready(self) -> bool:
+        return self._producer is not None
+
+    @property
+    def delivery_timeout_s(self) -> float:
+        s = self.settings
+        return max(s.delivery_timeout_ms, s.request_timeout_ms + s.linger_ms) / 1000.0
+
+    def connect(self) -> None:
+        """Build the producer (blocking; raises when Kafka does not answer)."""
+        if self._producer is None:
+            self._producer = self._build()
+
+    async def ensure(self) -> None:
+        """Build the producer if there is none, off the event loop."""
+        if self._producer is None:
+            await asyncio.get_running_loop().run_in_executor(None, self.connect)
+
+    async def reset(self) -> None:
+        """Drop the current producer and everything it still holds."""
+        old, self._producer = self._producer, None
+        if old is not None:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: old.close(timeout=0))
 
     def partitions(self, topic: str, timeout_s: float = 30.0) -> int:
         """The topic's partition count, waiting for metadata."""
+        self.connect()
+        assert self._producer is not None
         deadline = time.monotonic() + timeout_s
         while True:
             parts = self._producer.partitions_for(topic)
@@ -82,27 +133,37 @@ class KafkaPublisher:
         """Write ``records`` and wait until Kafka acknowledged every one of them.
 
         Raises:
-            Exception: any record not acknowledged in time; the records may still
-                arrive later, which is why consumers deduplicate by call id.
+            KafkaUnavailable: no producer is connected.
+            Exception: any record not acknowledged in time.
         """
         if not records:
             return
+        producer = self._producer
+        if producer is None:
+            raise KafkaUnavailable("no Kafka producer connected")
         loop = asyncio.get_running_loop()
         waiters = []
         for r in records:
             fut: asyncio.Future[None] = loop.create_future()
-            kfut = self._producer.send(r.topic, value=r.value, key=r.key, partition=r.partition,
-                                       headers=[("schema", r.schema), ("source", self._source)])
+            kfut = producer.send(r.topic, value=r.value, key=r.key, partition=r.partition,
+                                 headers=[("schema", r.schema), ("source", self._source)])
             kfut.add_callback(lambda _md, f=fut: loop.call_soon_threadsafe(_resolve, f, None))
             kfut.add_errback(lambda exc, f=fut: loop.call_soon_threadsafe(_resolve, f, exc))
             waiters.append(fut)
-        await asyncio.wait_for(asyncio.gather(*waiters), timeout_s)
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        self._producer.flush(timeout=timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.gather(*waiters), timeout_s)
+        except BaseException:
+            for w in waiters:  # nobody will look at the others now
+                if not w.done():
+                    w.cancel()
+                elif not w.cancelled():
+                    w.exception()
+            raise
 
     def close(self, timeout_s: float = 30.0) -> None:
-        self._producer.close(timeout=timeout_s)
+        if self._producer is not None:
+            self._producer.close(timeout=timeout_s)
+            self._producer = None
 
 
 def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:

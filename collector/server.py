@@ -138,7 +138,7 @@ class MetricHandler:
             records = self._records(request, mapped, call_id)
             try:
                 await self.delivery.deliver(records)
-            except SpoolFull as exc:
+            except (SpoolFull, OSError) as exc:
                 CALLS.labels("UNAVAILABLE").inc()
                 log.error("Kafka unreachable and spool full; refusing the call",
                           extra={"dedup_id": request.dedup_id[:64], "error": str(exc)[:200]})
@@ -273,8 +273,14 @@ class Collector:
     async def start(self) -> int:
         s = self.settings
         loop = asyncio.get_running_loop()
-        partitions = await loop.run_in_executor(None, ensure_topic, s.kafka, s.topic, s.topic_partitions)
-        await loop.run_in_executor(None, ensure_topic, s.kafka, s.dead_letter_topic, 1)
+        try:
+            partitions = await loop.run_in_executor(None, ensure_topic, s.kafka, s.topic, s.topic_partitions, 1,
+                                                    10.0)
+            await loop.run_in_executor(None, ensure_topic, s.kafka, s.dead_letter_topic, 1, 1, 10.0)
+        except Exception as exc:  # noqa: BLE001 - serve anyway: calls go to the spool until Kafka answers
+            partitions = s.topic_partitions
+            log.warning("Kafka unreachable at start; serving with the spool", extra={
+                "kafka": s.kafka, "partitions_assumed": partitions, "error": repr(exc)[:300]})
         mappings = load_mappings(s.mapping or None)
         self.resolver = build_resolver(s)
         self.publisher = KafkaPublisher(ProducerSettings(
@@ -282,6 +288,10 @@ class Collector:
             compression=None if s.kafka_compression == "none" else s.kafka_compression,
             request_timeout_ms=max(1000, int(s.ack_timeout_s * 1000)),
         ))
+        try:
+            await loop.run_in_executor(None, self.publisher.connect)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("Kafka producer not connected yet", extra={"error": repr(exc)[:300]})
         spool = Spool.open(Path(s.spool_dir), max_bytes=s.spool_max_mb << 20)
         self.delivery = SafeDelivery(self.publisher, spool, ack_timeout_s=s.ack_timeout_s)
         self.delivery.start()

@@ -28,10 +28,14 @@ A frame (all integers big-endian)::
     offset  size  field
     0       4     magic        b"\\xa7SP1" (format version 1)
     4       4     crc          zlib.crc32 of bytes 8 .. end of payload
-    8       4     length       payload length in bytes (u32)
+    8       4     length       bits 0-30: payload length in bytes; bit 31: set
+                               on the last entry of an append
     12      8     batch_start  offset in this segment where the write batch
                                (one group commit) holding this frame began (u64)
     20      n     payload      the entry, opaque bytes
+
+An append's frames are written with one ``write()`` into one segment, its last
+frame flagged, so recovery can keep or drop an append as a whole.
 
 ``read.pos``
     The durable read position: everything before it has been acknowledged.
@@ -62,12 +66,15 @@ written by the one commit in progress, can be damaged by a crash:
 :meth:`Spool.open` therefore checks every frame (magic, length within the file,
 CRC) from the read position on. A bad frame in any segment but the last is
 corruption (:class:`SpoolCorrupt`). A bad frame at offset ``X`` of the last
-segment is a torn tail, cut off (truncated and logged with the number of bytes
-cut), unless some intact frame after ``X`` has ``batch_start > X``: such a
-frame belongs to a later commit, which started only after the commit that
-wrote ``X`` was fsync'd, so ``X`` was durable and has been damaged since:
-:class:`SpoolCorrupt`. The one case this cannot tell apart is damage to the
-very last, already acknowledged commit, which is cut like a torn tail.
+segment is a torn tail, unless some intact frame after ``X`` has
+``batch_start > X``: such a frame belongs to a later commit, which started only
+after the commit that wrote ``X`` was fsync'd, so ``X`` was durable and has
+been damaged since: :class:`SpoolCorrupt`. A torn tail is cut (truncated and
+logged with the number of bytes cut) back to the end of the last complete
+append, so the intact leading entries of a torn append go too: that append
+never returned, and its caller retries all of it. The one case this cannot
+tell apart is damage to the very last, already acknowledged commit, which is
+cut like a torn tail.
 
 Entries whose commit failed (an fsync or write error, e.g. a full disk) are
 undone: the segment is truncated back to where that commit started, so the
@@ -88,20 +95,21 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
 FRAME_MAGIC = b"\xa7SP1"
-_FRAME = struct.Struct(">4sIIQ")  # magic, crc32, length, batch_start
-_FRAME_META = struct.Struct(">IQ")  # length, batch_start: the header bytes the crc covers
+_FRAME = struct.Struct(">4sIIQ")  # magic, crc32, length | end-of-append flag, batch_start
+_FRAME_META = struct.Struct(">IQ")  # length | flag, batch_start: the header bytes the crc covers
+_END_OF_APPEND = 1 << 31
 FRAME_OVERHEAD = _FRAME.size
 """Bytes a frame adds to its entry; :attr:`Spool.depth_bytes` counts them too."""
-MAX_ENTRY_BYTES = 2**32 - 1
-"""The length field is a u32."""
+MAX_ENTRY_BYTES = _END_OF_APPEND - 1
+"""31 bits of the length field hold the length."""
 
 POSITION_MAGIC = b"\xa7SPR"
 _POSITION = struct.Struct(">4sIQQ")  # magic, crc32 of the rest, segment, offset
@@ -110,8 +118,6 @@ POSITION_TEMP = "read.pos.tmp"
 SEGMENT_SUFFIX = ".seg"
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 _MIN_IO_BUFFER = 64 << 10
-
-_T = TypeVar("_T")
 
 
 class SpoolFull(Exception):
@@ -188,27 +194,29 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _encode(entries: Sequence[bytes], batch_start: int) -> bytes:
-    """The frames of ``entries`` joined, so an append costs one ``write()``."""
+    """The frames of one append joined, so it costs one ``write()``; the last one is flagged."""
     parts: list[bytes] = []
-    for entry in entries:
-        meta = _FRAME_META.pack(len(entry), batch_start)
-        crc = zlib.crc32(entry, zlib.crc32(meta))
-        parts.append(_FRAME.pack(FRAME_MAGIC, crc, len(entry), batch_start))
+    last = len(entries) - 1
+    for n, entry in enumerate(entries):
+        length_field = len(entry) | (_END_OF_APPEND if n == last else 0)
+        crc = zlib.crc32(entry, zlib.crc32(_FRAME_META.pack(length_field, batch_start)))
+        parts.append(_FRAME.pack(FRAME_MAGIC, crc, length_field, batch_start))
         parts.append(entry)
     return b"".join(parts)
 
 
-def _check_frame(f: IO[bytes], offset: int, end: int, chunk_bytes: int) -> tuple[int, int] | str:
+def _check_frame(f: IO[bytes], offset: int, end: int, chunk_bytes: int) -> tuple[int, int, bool] | str:
     """Verify the frame at ``offset`` (``f`` is positioned there) without holding its payload.
 
     Returns:
-        ``(frame_bytes, batch_start)`` when the frame is intact, else why not.
-        ``f`` is left just after an intact frame.
+        ``(frame_bytes, batch_start, ends_an_append)`` when the frame is
+        intact, else why not. ``f`` is left just after an intact frame.
     """
     header = f.read(FRAME_OVERHEAD)
     if len(header) < FRAME_OVERHEAD:
         return f"incomplete frame header ({len(header)} of {FRAME_OVERHEAD} bytes)"
-    magic, crc, length, batch_start = _FRAME.unpack(header)
+    magic, crc, length_field, batch_start = _FRAME.unpack(header)
+    length = length_field & MAX_ENTRY_BYTES
     if magic != FRAME_MAGIC:
         return f"bad magic {magic!r}"
     if offset + FRAME_OVERHEAD + length > end:
@@ -223,7 +231,7 @@ def _check_frame(f: IO[bytes], offset: int, end: int, chunk_bytes: int) -> tuple
         left -= len(chunk)
     if actual != crc:
         return f"crc mismatch (stored {crc:#010x}, computed {actual:#010x})"
-    return FRAME_OVERHEAD + length, batch_start
+    return FRAME_OVERHEAD + length, batch_start, bool(length_field & _END_OF_APPEND)
 
 
 def _find_magic(f: IO[bytes], start: int, end: int, chunk_bytes: int) -> int | None:
@@ -256,7 +264,7 @@ def _later_commit_after(f: IO[bytes], bad: int, end: int, chunk_bytes: int) -> i
         if isinstance(checked, str):
             pos = hit + 1
             continue
-        frame_bytes, batch_start = checked
+        frame_bytes, batch_start, _ = checked
         if batch_start > bad:
             return hit
         pos = hit + frame_bytes
@@ -428,11 +436,11 @@ class Spool:
         size = path.stat().st_size
         if start > size:
             raise SpoolCorrupt(f"{path}: the read position {start} lies beyond the end of the file ({size} bytes)")
-        entries = 0
-        offset = start
+        entries = kept_entries = 0
+        offset = kept = start  # kept: the end of the last complete append (the read position is a safe one)
         with open(path, "rb", buffering=chunk_bytes) as f:
             f.seek(start)
-            reason = ""
+            reason = "the last append's final frame is missing"
             while offset < size:
                 checked = _check_frame(f, offset, size, chunk_bytes)
                 if isinstance(checked, str):
@@ -440,22 +448,26 @@ class Spool:
                     break
                 offset += checked[0]
                 entries += 1
-            if offset == size:
+                if checked[2]:
+                    kept, kept_entries = offset, entries
+            if kept == size:
                 return size, entries
+            problem = (f"bad frame at offset {offset}: {reason}" if offset < size
+                       else f"the append at offset {kept} lacks its final frame")
             if not last:
-                raise SpoolCorrupt(f"{path}: bad frame at offset {offset}: {reason}; this segment is not the last, "
-                                   "so it was complete and fsync'd")
-            later = _later_commit_after(f, offset, size, chunk_bytes)
-            if later is not None:
-                raise SpoolCorrupt(f"{path}: bad frame at offset {offset}: {reason}; an intact frame of a later "
-                                   f"commit at offset {later} shows it had been fsync'd")
+                raise SpoolCorrupt(f"{path}: {problem}; this segment is not the last, so it was complete and fsync'd")
+            if offset < size:
+                later = _later_commit_after(f, offset, size, chunk_bytes)
+                if later is not None:
+                    raise SpoolCorrupt(f"{path}: {problem}; an intact frame of a later commit at offset {later} "
+                                       "shows it had been fsync'd")
         with open(path, "r+b") as f:
-            f.truncate(offset)
+            f.truncate(kept)
             f.flush()
             os.fsync(f.fileno())
-        log.warning("spool: cut a torn tail of %d bytes off %s at offset %d (%s): a crash interrupted a write "
-                    "that had not been acknowledged", size - offset, path, offset, reason)
-        return offset, entries
+        log.warning("spool: cut a torn tail of %d bytes off %s at offset %d (%s): a crash interrupted a write that "
+                    "had not been acknowledged", size - kept, path, kept, problem)
+        return kept, kept_entries
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -739,7 +751,8 @@ class Spool:
             where = f"{self._segment_path(segment)} at offset {offset}"
             if len(header) < FRAME_OVERHEAD:
                 raise SpoolCorrupt(f"{where}: incomplete frame header inside durable data")
-            magic, crc, length, _ = _FRAME.unpack(header)
+            magic, crc, length_field, _ = _FRAME.unpack(header)
+            length = length_field & MAX_ENTRY_BYTES
             if magic != FRAME_MAGIC or offset + FRAME_OVERHEAD + length > end:
                 raise SpoolCorrupt(f"{where}: bad frame header inside durable data")
             if out and total + length > max_bytes:
@@ -833,7 +846,7 @@ class Spool:
             header = f.read(FRAME_OVERHEAD)
             if len(header) < FRAME_OVERHEAD or header[:4] != FRAME_MAGIC:
                 raise SpoolCorrupt(f"{self._segment_path(segment)} at offset {offset}: bad frame header")
-            frame_bytes = FRAME_OVERHEAD + _FRAME.unpack(header)[2]
+            frame_bytes = FRAME_OVERHEAD + (_FRAME.unpack(header)[2] & MAX_ENTRY_BYTES)
             offset += frame_bytes
             entries += 1
             nbytes += frame_bytes

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 def ensure_topic(bootstrap: str, topic: str, partitions: int, replication: int = 1,
                  timeout_s: float = 30.0) -> int:
     """Create ``topic`` if absent; returns its partition count (existing topics keep theirs)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="apim-topics")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="apim-topics",
+                             bootstrap_timeout_ms=int(timeout_s * 1000))
     try:
         try:
             admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": replication}},

@@ -18,6 +18,8 @@
 #   KAFKA_PORT             client (PLAINTEXT) port (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
 #   KAFKA_HEAP             JVM heap, -Xms and -Xmx (default 512m)
+#   KAFKA_LIBS             folder of the broker jars (default $APIM_LOCAL_DIR/kafka/libs);
+#                          a second broker can share the first one's
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 90)
 #   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 30)
 #   KAFKA_CLUSTER_ID       cluster id used when formatting fresh storage
@@ -47,8 +49,8 @@ TEMPLATE="$SCRIPT_DIR/kafka/server.properties.template"
 WAIT_PY="$SCRIPT_DIR/wait_kafka.py"
 
 KDIR="$APIM_LOCAL_DIR/kafka"
-LIBS="$KDIR/libs"
-STAMP="$KDIR/libs.sha256"
+LIBS="${KAFKA_LIBS:-$KDIR/libs}"
+STAMP="$LIBS.sha256"
 DATA="$KDIR/data"
 PROPS="$KDIR/server.properties"
 LOG4J_CONF="$KDIR/log4j2.xml"

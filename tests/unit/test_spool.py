@@ -270,7 +270,7 @@ def _reopen_and_read(tmp_path: Path) -> list[bytes]:
     return asyncio.run(main())
 
 
-@pytest.mark.parametrize("tail", ["half_frame", "header_only", "garbage", "zeros", "few_bytes"])
+@pytest.mark.parametrize("tail", ["half_frame", "header_only", "garbage", "zeros", "few_bytes", "append_cut_short"])
 def test_torn_tail_is_cut_and_everything_before_survives(tmp_path: Path, tail: str,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     commits = [[make_entry(c, j) for j in range(3)] for c in range(4)]
@@ -278,8 +278,11 @@ def test_torn_tail_is_cut_and_everything_before_survives(tmp_path: Path, tail: s
     seg = tmp_path / segment_name(1)
     good_size = seg.stat().st_size
     frame = _encode([make_entry(9, size=5000)], good_size)
+    three = [make_entry(9, j, size=500) for j in range(3)]
     junk = {"half_frame": frame[:len(frame) // 2], "header_only": frame[:FRAME_OVERHEAD],
-            "garbage": b"\x01\x02garbage\xff" * 100, "zeros": bytes(4096), "few_bytes": frame[:3]}[tail]
+            "garbage": b"\x01\x02garbage\xff" * 100, "zeros": bytes(4096), "few_bytes": frame[:3],
+            # two whole frames of a three-entry append: intact, but the append never completed
+            "append_cut_short": _encode(three, good_size)[:frame_bytes(three[:2])]}[tail]
     with seg.open("ab") as f:
         f.write(junk)
     with caplog.at_level(logging.WARNING, logger="collector.spool"):
@@ -295,7 +298,8 @@ def test_torn_tail_is_cut_and_everything_before_survives(tmp_path: Path, tail: s
 
 def test_hole_inside_the_last_commit_is_a_torn_tail(tmp_path: Path) -> None:
     # Power loss can persist later pages of an unsynced write but not earlier ones: intact frames after a
-    # hole, all of the same (unacknowledged) commit. That is a torn tail, not corruption.
+    # hole, all of the same (unacknowledged) commit. That is a torn tail, not corruption; and the torn
+    # append goes as a whole, its intact first entry included.
     first = [make_entry(1, j) for j in range(3)]
     last = [make_entry(2, j, size=2000) for j in range(5)]
     _fill(tmp_path, [first, last])
@@ -304,7 +308,7 @@ def test_hole_inside_the_last_commit_is_a_torn_tail(tmp_path: Path) -> None:
     with seg.open("r+b") as f:
         f.seek(hole_at)
         f.write(bytes(4096))
-    assert _reopen_and_read(tmp_path) == first + last[:1]
+    assert _reopen_and_read(tmp_path) == first
 
 
 def test_damage_in_a_middle_segment_raises_spool_corrupt(tmp_path: Path) -> None:
