@@ -9,8 +9,8 @@ Measured in one run, against the real local Kafka broker:
    Mixer's published cost of about 0.6 vCPU per 1,000 requests/s.
 2. pipeline: one bounded Beam run from Kafka into a fresh SQLite store, its
    process CPU time measured with getrusage, against a baseline over the same
-   records in the same run: kafka-python read + protobuf decode + a pandas
-   groupby (the practical Python limit).
+   records in the same run: kafka-python read + columnar protobuf decode +
+   a pandas groupby (the practical Python limit).
 
 Prints a table and writes JSON to bench/results/.
 """
@@ -34,7 +34,7 @@ from apim_analytics.demo import _free_port, start_collector, stop_collector
 from collector.topics import ensure_topic
 from pipeline.job import run_once
 from pipeline.settings import PipelineSettings
-from schemas.apim.usage.v1 import usage_event_pb2 as pb
+from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
 from simulator.catalog import build_catalog
 from simulator.mixer import build_requests
 from simulator.sender import SendSettings, send
@@ -106,22 +106,20 @@ def bench_pandas_baseline(kafka: str, topic: str) -> dict:
     ends = consumer.end_offsets(tps)
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
-    cols: dict[str, list] = {k: [] for k in ("bucket", "api", "ver", "app", "tier", "code", "rq", "rs")}
+    cols: dict[str, list] = {k: [] for k in ("ts", "api", "ver", "app", "tier", "code", "rq", "rs")}
+    names = {"ts": "request_timestamp_ms", "api": "api_name", "ver": "api_version", "app": "application_id",
+             "tier": "subscription_tier", "code": "response_code", "rq": "request_size_bytes",
+             "rs": "response_size_bytes"}
     while any(consumer.position(tp) < ends[tp] for tp in tps):
         for records in consumer.poll(timeout_ms=1000, max_records=5000).values():
             for record in records:
-                for ev in pb.UsageEventBatch.FromString(record.value).events:
-                    ts = ev.request_timestamp_ms
-                    cols["bucket"].append(ts - ts % 60_000)
-                    cols["api"].append(ev.api_name)
-                    cols["ver"].append(ev.api_version)
-                    cols["app"].append(ev.application_id)
-                    cols["tier"].append(ev.subscription_tier)
-                    cols["code"].append(ev.response_code // 100)
-                    cols["rq"].append(ev.request_size_bytes)
-                    cols["rs"].append(ev.response_size_bytes)
+                batch = cols_pb.UsageEventColumns.FromString(record.value)
+                for k, name in names.items():
+                    cols[k].extend(getattr(batch, name))
     consumer.close()
     df = pd.DataFrame(cols)
+    df["bucket"] = df["ts"] - df["ts"] % 60_000
+    df["code"] = df["code"] // 100
     grouped = df.groupby(["bucket", "api", "ver", "app", "tier", "code"]).agg(
         requests=("rq", "size"), rq=("rq", "sum"), rs=("rs", "sum"))
     wall, cpu = time.perf_counter() - t0, _self_cpu_s() - cpu0

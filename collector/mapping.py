@@ -21,6 +21,7 @@ same ids, while two Mixer replicas whose dedup counters collide still differ.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -36,10 +37,10 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from apim_analytics.settings import SettingsError
 from collector.credentials import Caller, CredentialResolver, credential_hash
-from collector.values import ValueKindError, as_duration_ms, as_int, as_str, as_timestamp_ms, to_python
+from collector.decode import Decoded, Instance
+from collector.values import ValueKindError, as_bool, as_duration_ms, as_int, as_text, as_timestamp_ms
 from schemas.apim.usage.v1 import usage_event_pb2 as pb
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
-from schemas.policy.v1beta1 import type_pb2
 
 EVENT_FIELDS = {f.name: f for f in pb.UsageEvent.DESCRIPTOR.fields}
 # Fields the collector derives itself; a mapping may not set them from dimensions.
@@ -47,6 +48,9 @@ RESERVED_FIELDS = {"event_id", "source", "source_instance", "collected_timestamp
                    "credential_hash", "key_type", "application_id", "application_name", "application_owner",
                    "application_tier", "consumer_key", "subscription_tier", "properties"}
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+_INT32_FIELDS = {n for n, f in EVENT_FIELDS.items() if f.type == FieldDescriptor.TYPE_INT32}
+_STRING_FIELDS = {n for n, f in EVENT_FIELDS.items() if f.type == FieldDescriptor.TYPE_STRING}
 
 
 class RejectCode:
@@ -73,16 +77,7 @@ def short_name(instance_name: str) -> str:
     return head if sep else instance_name
 
 
-def _as_bool(value: type_pb2.Value) -> bool:
-    v = to_python(value)
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    raise ValueKindError(f"{value.WhichOneof('value')} cannot be used as a bool")
-
-
-def converter_for(field_name: str) -> Callable[[type_pb2.Value], Any]:
+def converter_for(field_name: str) -> Callable[[Any], Any]:
     """How a Value is read into a UsageEvent field, chosen by the field's type and name."""
     fd = EVENT_FIELDS[field_name]
     if field_name.endswith("_timestamp_ms"):
@@ -92,9 +87,9 @@ def converter_for(field_name: str) -> Callable[[type_pb2.Value], Any]:
     if fd.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32):
         return as_int
     if fd.type == FieldDescriptor.TYPE_BOOL:
-        return _as_bool
+        return as_bool
     if fd.type == FieldDescriptor.TYPE_STRING:
-        return as_str
+        return as_text
     raise SettingsError(f"field {field_name!r} ({fd.type}) cannot be filled from a dimension")
 
 
@@ -217,7 +212,9 @@ def _truncate_ip(text: str) -> str:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
 
 
+@functools.lru_cache(maxsize=65536)
 def _caller_fields(caller: Caller) -> dict[str, Any]:
+    """The event fields of a caller; cached, since one caller makes many requests (read-only result)."""
     out: dict[str, Any] = {
         "credential_kind": pb.CredentialKind.Value(caller.credential_kind),
         "credential_hash": caller.credential_hash,
@@ -241,7 +238,7 @@ def _caller_fields(caller: Caller) -> dict[str, Any]:
 @dataclass
 class Rejection:
     index: int
-    instance: metric_pb2.InstanceMsg
+    instance: Instance
     code: str
     reason: str
 
@@ -250,18 +247,6 @@ class Rejection:
 class MappedCall:
     events: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
-
-
-def call_id_of(request: metric_pb2.HandleMetricRequest, raw: bytes | None = None) -> str:
-    """A digest of the call: its dedup id and its instances (the raw bytes when at hand)."""
-    h = hashlib.blake2b(digest_size=16)
-    if raw is not None:
-        h.update(raw)
-    else:
-        h.update(request.dedup_id.encode("utf-8", "surrogatepass"))
-        for inst in request.instances:
-            h.update(inst.SerializeToString(deterministic=True))
-    return h.hexdigest()
 
 
 class InstanceMapper:
@@ -280,46 +265,60 @@ class InstanceMapper:
                             and EVENT_FIELDS[name].type != FieldDescriptor.TYPE_MESSAGE}
 
     # -- one instance -----------------------------------------------------------
-    def _convert(self, field_name: str, value: type_pb2.Value) -> Any:
+    def _convert(self, field_name: str, value: Any) -> Any:
         try:
             out = self._converters[field_name](value)
         except ValueKindError as exc:
             raise InstanceRejected(RejectCode.WRONG_VALUE_KIND, f"{field_name}: {exc}") from exc
-        if isinstance(out, str):
+        t = type(out)
+        if t is str:
             if len(out) > self.limits.max_string_bytes:
                 raise InstanceRejected(RejectCode.STRING_TOO_LONG,
                                        f"{field_name}: {len(out)} characters, limit {self.limits.max_string_bytes}")
-        elif isinstance(out, (int, float)) and not isinstance(out, bool):
+        elif t is int or t is float:
             if out < 0:
                 raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: negative value {out}")
-            if EVENT_FIELDS[field_name].type == FieldDescriptor.TYPE_INT32 and out > INT32_MAX:
-                raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: {out} is too large")
-            if out >= 2**63:
+            if out > (INT32_MAX if field_name in _INT32_FIELDS else INT64_MAX):
                 raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: {out} is too large")
         return out
 
-    def _fields(self, mapping: InstanceMapping, inst: metric_pb2.InstanceMsg) -> dict[str, Any]:
+    def _fields(self, mapping: InstanceMapping, value: Any, dims: dict[str, Any]) -> dict[str, Any]:
         event: dict[str, Any] = dict(mapping.defaults)
-        dims = inst.dimensions
+        max_len = self.limits.max_string_bytes
         for dim, targets in mapping.dimensions:
-            if dim in dims:
-                for target in targets:
-                    value = self._convert(target, dims[dim])
-                    if value != "" or target not in mapping.defaults:
-                        event[target] = value
+            x = dims.get(dim)
+            if x is None:
+                continue
+            for target in targets:
+                # Fast path: a string dimension into a string field needs no conversion.
+                if type(x) is str and target in _STRING_FIELDS and len(x) <= max_len:
+                    v: Any = x
+                else:
+                    v = self._convert(target, x)
+                if v != "" or target not in mapping.defaults:
+                    event[target] = v
         if mapping.properties:
-            props = {key: as_str(dims[dim]) for dim, key in mapping.properties if dim in dims}
+            props = {}
+            for dim, key in mapping.properties:
+                if dims.get(dim) is not None:
+                    try:
+                        props[key] = as_text(dims[dim])
+                    except ValueKindError as exc:
+                        raise InstanceRejected(RejectCode.WRONG_VALUE_KIND, f"{dim}: {exc}") from exc
             if props:
                 event["properties"] = props
-        if mapping.value_field and inst.HasField("value"):
-            event[mapping.value_field] = self._convert(mapping.value_field, inst.value)
+        if mapping.value_field and value is not None:
+            event[mapping.value_field] = self._convert(mapping.value_field, value)
         return event
 
-    def _credential(self, mapping: InstanceMapping, inst: metric_pb2.InstanceMsg) -> str:
-        if not mapping.credential or mapping.credential not in inst.dimensions:
+    def _credential(self, mapping: InstanceMapping, dims: dict[str, Any]) -> str:
+        if not mapping.credential:
+            return ""
+        x = dims.get(mapping.credential)
+        if x is None:
             return ""
         try:
-            raw = as_str(inst.dimensions[mapping.credential])
+            raw = as_text(x)
         except ValueKindError as exc:
             raise InstanceRejected(RejectCode.WRONG_VALUE_KIND, f"credential: {exc}") from exc
         if len(raw) > self.limits.max_credential_bytes:
@@ -354,54 +353,62 @@ class InstanceMapper:
         self.privacy.apply(event)
 
     # -- one call ---------------------------------------------------------------
-    def map_call(self, request: metric_pb2.HandleMetricRequest, call_id: str) -> MappedCall:
-        """All instances of one call -> events (with ``call_index``) and rejections."""
+    def map_call(self, decoded: Decoded, call_id: str = "") -> MappedCall:
+        """All instances of one decoded call -> events (with ``call_index``) and rejections."""
         out = MappedCall()
         now_ms = int(self._clock() * 1000)
         # (group, dimensions fingerprint) -> [events], and per kind how many seen
         buckets: dict[tuple[str, Any], list[dict[str, Any]]] = {}
         seen: dict[tuple[str, Any, str], int] = {}
         grouped: list[tuple[int, dict[str, Any], InstanceMapping, str]] = []
-        for index, inst in enumerate(request.instances):
-            mapping = self.mappings.get(short_name(inst.name))
+        mappings = self.mappings
+        for index, instance in enumerate(decoded[2]):
+            name, value, dims = instance[0], instance[1], instance[2]
+            mapping = mappings.get(name.partition(".instance.")[0] if ".instance." in name else name)
             try:
                 if mapping is None:
                     raise InstanceRejected(RejectCode.UNKNOWN_INSTANCE,
-                                           f"unknown instance {inst.name[:200]!r}: no mapping for "
-                                           f"{short_name(inst.name)[:200]!r}")
-                fields_ = self._fields(mapping, inst)
-                credential = self._credential(mapping, inst)
+                                           f"unknown instance {name[:200]!r}: no mapping for "
+                                           f"{short_name(name)[:200]!r}")
+                fields_ = self._fields(mapping, value, dims)
+                credential = self._credential(mapping, dims)
                 if mapping.group is None:
                     fields_["call_index"] = index
-                    fields_["source_instance"] = inst.name
+                    fields_["source_instance"] = name
                     self._finish(fields_, mapping, credential, now_ms)
                     out.events.append(fields_)
                     continue
-                fingerprint = (mapping.group, tuple(sorted((k, v.SerializeToString(deterministic=True))
-                                                           for k, v in inst.dimensions.items())))
+                fingerprint = (mapping.group, _fingerprint(dims))
                 k = seen.get((*fingerprint, mapping.short_name), 0)
                 seen[(*fingerprint, mapping.short_name)] = k + 1
                 events = buckets.setdefault(fingerprint, [])
                 if k == len(events):
                     fields_["call_index"] = index
-                    fields_["source_instance"] = inst.name
+                    fields_["source_instance"] = name
                     events.append(fields_)
                     grouped.append((index, fields_, mapping, credential))
                 else:
-                    for name, value in fields_.items():
-                        events[k].setdefault(name, value)
+                    for key, v in fields_.items():
+                        events[k].setdefault(key, v)
                     if mapping.value_field and mapping.value_field in fields_:
                         events[k][mapping.value_field] = fields_[mapping.value_field]
             except InstanceRejected as exc:
-                out.rejected.append(Rejection(index, inst, exc.code, str(exc)))
+                out.rejected.append(Rejection(index, instance, exc.code, str(exc)))
         for index, event, mapping, credential in grouped:
             try:
                 self._finish(event, mapping, credential, now_ms)
                 out.events.append(event)
             except InstanceRejected as exc:
-                out.rejected.append(Rejection(index, request.instances[index], exc.code, str(exc)))
-        out.events.sort(key=lambda e: e["call_index"])
+                out.rejected.append(Rejection(index, decoded[2][index], exc.code, str(exc)))
+        if grouped:
+            out.events.sort(key=lambda e: e["call_index"])
         return out
+
+
+def _fingerprint(dims: dict[str, Any]) -> tuple[Any, ...]:
+    """A hashable identity of a dimension set (string maps made hashable)."""
+    return tuple(sorted((k, tuple(sorted(v[1].items())) if type(v) is tuple and v[0] == "map" else v)
+                        for k, v in dims.items()))
 
 
 def redact_instance(inst: metric_pb2.InstanceMsg, credential_dims: set[str]) -> bytes:

@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -42,6 +43,7 @@ from apim_analytics.settings import parse_host_port
 from collector import adapter_config
 from collector.columns import partitioned_records
 from collector.credentials import CredentialResolver, SubscriptionCatalog
+from collector.decode import MalformedCall, decode_call, instance_message
 from collector.dedup import RecentCalls
 from collector.delivery import SafeDelivery
 from collector.mapping import InstanceMapper, Limits, MappedCall, Privacy, load_mappings, redact_instance
@@ -108,21 +110,21 @@ class MetricHandler:
         if len(raw) > self.max_bytes:
             await self._invalid(context, f"request is {len(raw)} bytes; the limit is {self.max_bytes}")
         try:
-            request = metric_pb2.HandleMetricRequest.FromString(raw)
-        except (DecodeError, RuntimeError, ValueError) as exc:
-            await self._invalid(context, f"malformed HandleMetricRequest (not protobuf, or invalid UTF-8): "
-                                         f"{str(exc)[:200]}")
+            decoded = decode_call(raw)
+        except MalformedCall as exc:
+            await self._invalid(context, str(exc))
             raise  # unreachable: abort raises
-        INSTANCES.inc(len(request.instances))
-        if len(request.instances) > self.settings.max_instances_per_call:
-            await self._invalid(context, f"{len(request.instances)} instances in one call; the limit is "
+        dedup_id, config_bytes, instances = decoded
+        INSTANCES.inc(len(instances))
+        if len(instances) > self.settings.max_instances_per_call:
+            await self._invalid(context, f"{len(instances)} instances in one call; the limit is "
                                          f"{self.settings.max_instances_per_call}")
         gateway_type = ""
-        if request.HasField("adapter_config"):
+        if config_bytes is not None:
             try:
-                gateway_type = self.backend.params_for(request.adapter_config).gateway_type
-            except ValueError as exc:
-                await self._invalid(context, str(exc))
+                gateway_type = self.backend.params_for(any_pb2.Any.FromString(config_bytes)).gateway_type
+            except (ValueError, DecodeError) as exc:
+                await self._invalid(context, f"adapter_config: {exc}")
         call_id = hashlib.blake2b(raw, digest_size=16).hexdigest()
         key = call_id.encode()
         if not await self.recent.claim(key):
@@ -131,17 +133,17 @@ class MetricHandler:
             return report_pb2.ReportResult()
         acknowledged = False
         try:
-            mapped = self.mapper.map_call(request, call_id)
+            mapped = self.mapper.map_call(decoded, call_id)
             if gateway_type:
                 for event in mapped.events:
                     event["gateway_type"] = gateway_type
-            records = self._records(request, mapped, call_id)
+            records = self._records(raw, dedup_id, mapped, call_id)
             try:
                 await self.delivery.deliver(records)
             except (SpoolFull, OSError) as exc:
                 CALLS.labels("UNAVAILABLE").inc()
                 log.error("Kafka unreachable and spool full; refusing the call",
-                          extra={"dedup_id": request.dedup_id[:64], "error": str(exc)[:200]})
+                          extra={"dedup_id": dedup_id[:64], "error": str(exc)[:200]})
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot make events safe now: {exc}")
             acknowledged = True
         finally:
@@ -151,13 +153,13 @@ class MetricHandler:
         for r in mapped.rejected:
             REJECTED.labels(r.code).inc()
         if mapped.rejected:
-            log.warning("instances dead-lettered", extra={"dedup_id": request.dedup_id[:64],
+            log.warning("instances dead-lettered", extra={"dedup_id": dedup_id[:64],
                                                           "rejected": len(mapped.rejected),
                                                           "first_reason": mapped.rejected[0].reason[:200]})
         CALLS.labels("OK").inc()
         return report_pb2.ReportResult()
 
-    def _records(self, request: metric_pb2.HandleMetricRequest, mapped: MappedCall, call_id: str) -> list[Record]:
+    def _records(self, raw: bytes, dedup_id: str, mapped: MappedCall, call_id: str) -> list[Record]:
         s = self.settings
         key = call_id.encode()
         records = []
@@ -170,8 +172,8 @@ class MetricHandler:
         for r in mapped.rejected:
             letter = dead_letter_pb2.DeadLetter(
                 reason=r.reason, reason_code=r.code, stage="collector", rejected_timestamp_ms=now_ms,
-                dedup_id=request.dedup_id, instance_index=r.index, instance_name=r.instance.name,
-                instance=redact_instance(r.instance, self.credential_dims))
+                dedup_id=dedup_id, instance_index=r.index, instance_name=r.instance[0],
+                instance=redact_instance(instance_message(raw, r.instance, r.index), self.credential_dims))
             records.append(Record(topic=s.dead_letter_topic, partition=None, key=f"{call_id}/{r.index}".encode(),
                                   value=letter.SerializeToString(), schema=DEAD_LETTER_SCHEMA))
         return records

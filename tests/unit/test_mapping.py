@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from collector.credentials import CredentialResolver, SubscriptionCatalog, credential_hash
+from collector.decode import decode_call
 from collector.mapping import InstanceMapper, Limits, Privacy, RejectCode, event_to_proto, short_name
 from schemas.apim.usage.v1 import usage_event_pb2 as pb
 from schemas.mixer.template.metric import template_handler_service_pb2 as m
@@ -61,9 +62,13 @@ def wso2_instance(auth: str = "", code: int = 200, name: str = "wso2-metrics.ins
 NOW_S = 1_700_000_001.0
 
 
+def decode(req: m.HandleMetricRequest):  # type: ignore[no-untyped-def]
+    return decode_call(req.SerializeToString())
+
+
 def map_one(mapper: InstanceMapper, inst: m.InstanceMsg, dedup_id: str = "1") -> pb.UsageEvent:
     """Map a one-instance call and return its event as a UsageEvent row."""
-    mapped = mapper.map_call(m.HandleMetricRequest(dedup_id=dedup_id, instances=[inst]), "cid")
+    mapped = mapper.map_call(decode(m.HandleMetricRequest(dedup_id=dedup_id, instances=[inst])), "cid")
     assert not mapped.rejected, mapped.rejected
     (event,) = mapped.events
     return event_to_proto(event, "cid")
@@ -176,7 +181,7 @@ def test_unknown_instance_and_wrong_kinds_are_rejected_with_reasons() -> None:
     req = m.HandleMetricRequest(dedup_id="5", instances=[
         wso2_instance(), wso2_instance(name="mystery.instance.default"), bad_kind, negative, too_long, stale,
         future])
-    mapped = mapper_().map_call(req, "cid")
+    mapped = mapper_().map_call(decode(req), "cid")
     assert [e["call_index"] for e in mapped.events] == [0]
     assert [(r.index, r.code) for r in mapped.rejected] == [
         (1, RejectCode.UNKNOWN_INSTANCE), (2, RejectCode.WRONG_VALUE_KIND), (3, RejectCode.VALUE_OUT_OF_RANGE),
@@ -220,7 +225,7 @@ def test_istio_default_instances_combine_into_one_event_per_request() -> None:
         istio_instance("requestsize", t.Value(int64_value=0)), istio_instance("responsesize", t.Value(int64_value=50)),
         istio_instance("requestcount", one, code=503), istio_instance("requestduration", _dur(7), code=503),
     ])
-    mapped = mapper_().map_call(req, "cid")
+    mapped = mapper_().map_call(decode(req), "cid")
     assert not mapped.rejected
     events = [event_to_proto(e, "cid") for e in mapped.events]
     assert [(e.event_id, e.response_code, e.response_latency_ms, e.request_size_bytes, e.response_size_bytes)
@@ -249,5 +254,5 @@ def test_privacy_options_minimise_ip_and_user() -> None:
 def test_limits_are_configurable() -> None:
     inst = wso2_instance()
     inst.dimensions["user_agent"].CopyFrom(t.Value(string_value="x" * 50))
-    mapped = mapper_(limits=Limits(max_string_bytes=10)).map_call(m.HandleMetricRequest(instances=[inst]), "c")
+    mapped = mapper_(limits=Limits(max_string_bytes=10)).map_call(decode(m.HandleMetricRequest(instances=[inst])), "c")
     assert [r.code for r in mapped.rejected] == [RejectCode.STRING_TOO_LONG]
