@@ -36,6 +36,7 @@ test-unit: venv
 	$(VPY) -m pytest tests/unit
 
 bench: services
+	$(VPY) -m pip install --quiet -e '.[test,bench]'
 	$(VPY) -m bench
 
 codegen: venv

@@ -3,7 +3,10 @@
 import sys
 
 from apim_analytics import logs
-from bench import spine
+from bench import kafka_records, spine
 
 logs.configure("WARNING")
-sys.exit(spine.main(sys.argv[1:]))
+status = spine.main(sys.argv[1:])
+print()
+status |= kafka_records.main([])
+sys.exit(status)

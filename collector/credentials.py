@@ -17,6 +17,7 @@ import binascii
 import csv
 import hashlib
 import json
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,13 +65,13 @@ def _b64url_json(segment: str) -> Any:
 
     Only used when signatures are not verified; the verifier does its own strict decoding.
     """
-    if not segment or any(c not in _B64URL for c in segment):
+    if not _B64URL.fullmatch(segment):
         raise ValueError("not base64url")
     padded = segment + "=" * (-len(segment) % 4)
     return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
 
 
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _tenant_of(user: str) -> str:
