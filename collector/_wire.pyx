@@ -44,8 +44,12 @@ cdef inline uint64_t _varint(const unsigned char* buf, Py_ssize_t* pos, Py_ssize
         shift += 7
 
 
-cdef inline Py_ssize_t _skip(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end, int wire) except -1:
+cdef inline Py_ssize_t _skip(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end, uint64_t tag) except -1:
+    """Skip one unknown field; field number 0 and groups are left to the runtime."""
     cdef uint64_t n
+    cdef int wire = <int>(tag & 7)
+    if (tag >> 3) == 0 or (tag >> 3) > 536870911:
+        raise Unsupported("field number out of range")
     if wire == 0:
         _varint(buf, &pos, end)
     elif wire == 1:
@@ -90,7 +94,7 @@ cdef object _string_wrapper(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t
             out = _utf8(buf, pos, n)
             pos += n
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     return out
 
 
@@ -106,7 +110,7 @@ cdef tuple _seconds_nanos(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t e
         elif tag == 0x10:
             nanos = <int32_t><int64_t>_varint(buf, &pos, end)
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     return (seconds, nanos)
 
 
@@ -126,7 +130,7 @@ cdef tuple _wrapped_seconds_nanos(const unsigned char* buf, Py_ssize_t pos, Py_s
             out = _seconds_nanos(buf, pos, pos + n)
             pos += n
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     return out
 
 
@@ -154,11 +158,11 @@ cdef dict _string_map(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
                         value = _utf8(buf, epos, m)
                     epos += m
                 else:
-                    epos = _skip(buf, epos, eend, etag & 7)
+                    epos = _skip(buf, epos, eend, etag)
             out[key] = value
             pos = eend
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     return out
 
 
@@ -173,7 +177,7 @@ cdef object _ip_bytes(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
             out = PyBytes_FromStringAndSize(<const char*>(buf + pos), n)
             pos += n
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     return out
 
 
@@ -227,7 +231,7 @@ cdef object _value(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
         elif 1 <= field <= 11:
             raise Unsupported("member with an unexpected wire type")
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     return out
 
 
@@ -252,7 +256,7 @@ cdef dict _entry_into(dict target, const unsigned char* buf, Py_ssize_t pos, Py_
             value = _value(buf, pos, pos + n)
             pos += n
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     target[key] = value
     return target
 
@@ -294,8 +298,26 @@ cdef tuple _instance(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
         elif (tag >> 3) in (0, 1, 2, 3, 4, NAME_FIELD):
             raise Unsupported("field with an unexpected wire type")
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     return (name, value, dims, start, end)
+
+
+cdef int _check_any(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end) except -1:
+    """google.protobuf.Any {1: type_url string, 2: value bytes}: validated as the runtime would."""
+    cdef uint64_t tag
+    cdef Py_ssize_t n
+    while pos < end:
+        tag = _varint(buf, &pos, end)
+        if tag == 0x0A or tag == 0x12:
+            n = _len(buf, &pos, end)
+            if tag == 0x0A:
+                _utf8(buf, pos, n)
+            pos += n
+        elif (tag >> 3) in (1, 2):
+            raise Unsupported("field with an unexpected wire type")
+        else:
+            pos = _skip(buf, pos, end, tag)
+    return 0
 
 
 def decode_call(const unsigned char[::1] raw not None):
@@ -325,6 +347,7 @@ def decode_call(const unsigned char[::1] raw not None):
             if adapter_config is not None:
                 raise Unsupported("repeated adapter_config merges")
             n = _len(buf, &pos, end)
+            _check_any(buf, pos, pos + n)
             adapter_config = PyBytes_FromStringAndSize(<const char*>(buf + pos), n)
             pos += n
         elif tag == 0x1A:
@@ -336,5 +359,5 @@ def decode_call(const unsigned char[::1] raw not None):
         elif (tag >> 3) == 0:
             raise Unsupported("field number 0")
         else:
-            pos = _skip(buf, pos, end, tag & 7)
+            pos = _skip(buf, pos, end, tag)
     return dedup_id, adapter_config, instances
