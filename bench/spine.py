@@ -55,7 +55,8 @@ def _self_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency: int, work: Path) -> dict:
+def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency: int, work: Path,
+                    client: str = "kafka-python") -> dict:
     catalog = build_catalog(seed=7)
     subs = work / "subscriptions.jsonl"
     subs.write_text("".join(json.dumps(r) + "\n" for r in subscription_catalog_rows(catalog)))
@@ -65,7 +66,7 @@ def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency
                                    batch_size=batch))
     build_s = time.perf_counter() - t0
     target = f"127.0.0.1:{_free_port()}"
-    proc = start_collector(target, kafka, topic, subs, work / "collector.log")
+    proc = start_collector(target, kafka, topic, subs, work / "collector.log", extra_args=["--kafka-client", client])
     try:
         cpu0, t0 = _proc_cpu_s(proc.pid), time.perf_counter()
         report = send(iter(requests), SendSettings(target=target, concurrency=concurrency))
@@ -75,7 +76,7 @@ def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency
         stop_collector(proc)
     sent = report.instances
     return {
-        "events": sent, "calls": report.calls, "failures": report.failures, "batch": batch,
+        "kafka_client": client, "events": sent, "calls": report.calls, "failures": report.failures, "batch": batch,
         "concurrency": concurrency, "simulator_build_s": round(build_s, 3),
         "wall_s": round(wall, 3), "events_per_s_wall": round(sent / wall),
         "collector_cpu_s": round(cpu, 3), "events_per_cpu_s": round(sent / cpu) if cpu else None,
@@ -134,13 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=100, help="instances per Mixer call")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--kafka-client", default="kafka-python", choices=["kafka-python", "confluent"])
     args = parser.parse_args(argv)
 
     topic = f"bench.spine.{uuid.uuid4().hex[:8]}"
     ensure_topic(args.kafka, topic, 6)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        collector = bench_collector(args.kafka, topic, args.events, args.batch, args.concurrency, work)
+        collector = bench_collector(args.kafka, topic, args.events, args.batch, args.concurrency, work,
+                                    args.kafka_client)
         pipeline = bench_pipeline(args.kafka, topic, work, max_records=10**9)
         baseline = bench_pandas_baseline(args.kafka, topic)
     results = {
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"spine benchmark, {results['date']}, {os.cpu_count()} cores, {c['events']} events "
           f"({c['batch']} per call, {c['concurrency']} in flight)")
     print(f"{'stage':<34}{'events/s (wall)':>16}{'events/CPU-s':>14}{'CPU-s/1k events':>17}")
-    print(f"{'collector (gRPC -> Kafka acked)':<34}{c['events_per_s_wall']:>16,}{c['events_per_cpu_s']:>14,}"
+    print(f"{'collector (' + c['kafka_client'] + ')':<34}{c['events_per_s_wall']:>16,}{c['events_per_cpu_s']:>14,}"
           f"{c['cpu_s_per_1000_events']:>17}")
     print(f"{'  Istio Mixer, for comparison':<34}{'':>16}{round(1000 / MIXER_CPU_S_PER_1000):>14,}"
           f"{MIXER_CPU_S_PER_1000:>17}")

@@ -47,7 +47,7 @@ from collector.decode import MalformedCall, decode_call, instance_message
 from collector.dedup import RecentCalls
 from collector.delivery import SafeDelivery
 from collector.mapping import InstanceMapper, Limits, MappedCall, Privacy, load_mappings, redact_instance
-from collector.publisher import DEAD_LETTER_SCHEMA, KafkaPublisher, ProducerSettings, Record
+from collector.publisher import DEAD_LETTER_SCHEMA, KafkaPublisher, ProducerSettings, Record, make_publisher
 from collector.settings import CollectorSettings
 from collector.spool import Spool, SpoolFull
 from collector.topics import ensure_topic
@@ -285,7 +285,7 @@ class Collector:
                 "kafka": s.kafka, "partitions_assumed": partitions, "error": repr(exc)[:300]})
         mappings = load_mappings(s.mapping or None)
         self.resolver = build_resolver(s)
-        self.publisher = KafkaPublisher(ProducerSettings(
+        self.publisher = make_publisher(s.kafka_client, ProducerSettings(
             bootstrap=s.kafka, linger_ms=s.kafka_linger_ms,
             compression=None if s.kafka_compression == "none" else s.kafka_compression,
             request_timeout_ms=max(1000, int(s.ack_timeout_s * 1000)),

@@ -40,6 +40,8 @@ class CollectorSettings:
                                      help="Kafka topic for instances that could not be mapped")
     topic_partitions: int = setting(6, env="APIM_TOPIC_PARTITIONS",
                                     help="partitions when the collector creates the topic")
+    kafka_client: str = setting("kafka-python", env="APIM_KAFKA_CLIENT",
+                                help="producer library: kafka-python, or confluent (optional extra, faster)")
     kafka_linger_ms: int = setting(2, env="APIM_KAFKA_LINGER_MS", help="producer linger (batching delay), ms")
     kafka_compression: str = setting("lz4", env="APIM_KAFKA_COMPRESSION",
                                      help="producer compression: lz4, gzip, zstd or none")
@@ -93,6 +95,14 @@ class CollectorSettings:
             raise SettingsError("--topic-partitions must be at least 1")
         if self.kafka_compression not in ("lz4", "gzip", "zstd", "snappy", "none"):
             raise SettingsError(f"--kafka-compression: unknown codec {self.kafka_compression!r}")
+        if self.kafka_client not in ("kafka-python", "confluent"):
+            raise SettingsError(f"--kafka-client: kafka-python or confluent, not {self.kafka_client!r}")
+        if self.kafka_client == "confluent":
+            try:
+                import confluent_kafka  # noqa: F401
+            except ImportError as exc:
+                raise SettingsError("--kafka-client confluent needs confluent-kafka "
+                                    "(pip install 'istio-apim-analytics[bench]')") from exc
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
