@@ -90,9 +90,9 @@ def run_case(client: str, shape: str, events: list[dict], bootstrap: str) -> dic
     else:
         for start in range(0, len(events), 100):
             call = events[start:start + 100]
-            for partition, value in partitioned_records(call, partitions=PARTITIONS, call_id=str(start),
-                                                        producer_id="bench").items():
-                send(topic, partition, str(start).encode(), value)
+            for partition, batch_id, value in partitioned_records(call, partitions=PARTITIONS, call_id=str(start),
+                                                                  producer_id="bench"):
+                send(topic, partition, batch_id.encode(), value)
                 records += 1
     flush()
     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0

@@ -37,6 +37,14 @@ def _accepted_types(field_name: str) -> set[int]:
     return _STRINGISH
 
 
+def _type_name(kind: int) -> str:
+    """ValueType name; proto3 enums are open, so an unknown number is shown as a number."""
+    try:
+        return vt.ValueType.Name(kind)
+    except ValueError:
+        return f"unknown value type {kind}"
+
+
 def decode_params(config: any_pb2.Any) -> adapter_config_pb2.Params:
     """The handler params carried in ``adapter_config``.
 
@@ -84,10 +92,10 @@ def validate(config: any_pb2.Any, inferred_types: dict[str, any_pb2.Any],
             kind = inferred.dimensions[dim]
             for target in targets:
                 if kind not in _accepted_types(target):
-                    problems.append(f"instance {name!r}: dimension {dim!r} is {vt.ValueType.Name(kind)}, "
+                    problems.append(f"instance {name!r}: dimension {dim!r} is {_type_name(kind)}, "
                                     f"which cannot fill {target}")
         if mapping.value_field and inferred.value not in (vt.VALUE_TYPE_UNSPECIFIED,) and \
                 inferred.value not in _accepted_types(mapping.value_field):
-            problems.append(f"instance {name!r}: value is {vt.ValueType.Name(inferred.value)}, "
+            problems.append(f"instance {name!r}: value is {_type_name(inferred.value)}, "
                             f"which cannot fill {mapping.value_field}")
     return problems

@@ -56,15 +56,42 @@ def build_columns(events: Sequence[dict[str, Any]], *, call_id: str, producer_id
     return batch
 
 
-def partitioned_records(events: Sequence[dict[str, Any]], *, partitions: int, call_id: str,
-                        producer_id: str) -> dict[int, bytes]:
-    """{partition: serialized UsageEventColumns} for one call's events."""
+def partitioned_records(events: Sequence[dict[str, Any]], *, partitions: int, call_id: str, producer_id: str,
+                        max_record_bytes: int = 1_000_000) -> list[tuple[int, str, bytes]]:
+    """[(partition, batch id, serialized UsageEventColumns)] for one call's events.
+
+    A partition's batch larger than ``max_record_bytes`` (the broker's
+    ``message.max.bytes`` sets the ceiling) is split in halves until every part
+    fits; the parts get ids ``<call_id>.<k>``, the same on every retry of the
+    call, since the split depends only on the events.
+    """
     groups: dict[int, list[dict[str, Any]]] = {}
     for e in events:
         groups.setdefault(partition_for(e.get("application_id", ""), partitions), []).append(e)
     now_ms = int(time.time() * 1000)
-    return {p: build_columns(g, call_id=call_id, producer_id=producer_id, produced_ms=now_ms).SerializeToString()
-            for p, g in groups.items()}
+    out: list[tuple[int, str, bytes]] = []
+    for p, group in groups.items():
+        parts = _fit(group, call_id, producer_id, now_ms, max_record_bytes)
+        if len(parts) == 1:
+            out.append((p, call_id, parts[0]))
+        else:
+            out.extend((p, f"{call_id}.{k}", _with_id(v, f"{call_id}.{k}")) for k, v in enumerate(parts))
+    return out
+
+
+def _fit(group: Sequence[dict[str, Any]], call_id: str, producer_id: str, now_ms: int, limit: int) -> list[bytes]:
+    value = build_columns(group, call_id=call_id, producer_id=producer_id, produced_ms=now_ms).SerializeToString()
+    if len(value) <= limit or len(group) == 1:
+        return [value]
+    half = len(group) // 2
+    return _fit(group[:half], call_id, producer_id, now_ms, limit) + \
+        _fit(group[half:], call_id, producer_id, now_ms, limit)
+
+
+def _with_id(value: bytes, batch_id: str) -> bytes:
+    batch = cols_pb.UsageEventColumns.FromString(value)
+    batch.header.call_id = batch_id
+    return batch.SerializeToString()
 
 
 def rows(batch: cols_pb.UsageEventColumns) -> list[pb.UsageEvent]:

@@ -74,6 +74,13 @@ def _b64url_json(segment: str) -> Any:
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def _text(value: Any, limit: int = 1024) -> str:
+    """A claim as text fit for a protobuf string: strings and numbers only, valid UTF-8, bounded."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return ""
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
 def _tenant_of(user: str) -> str:
     return user.rsplit("@", 1)[1] if "@" in user else "carbon.super"
 
@@ -272,27 +279,33 @@ class CredentialResolver:
 
     @staticmethod
     def _from_claims(claims: dict[str, Any], digest: str, api_name: str, api_version: str) -> Caller:
-        app = claims.get("application") if isinstance(claims.get("application"), dict) else {}
-        tier = ""
-        creator = creator_tenant = ""
-        for sub in claims.get("subscribedAPIs") or []:
+        """The caller named by APIM JWT claims. Claims are untrusted input: any shape is
+        accepted, non-text values are ignored, and text is made valid UTF-8 (a JSON
+        string may hold a lone surrogate, which protobuf strings cannot carry)."""
+        app = claims.get("application")
+        app = app if isinstance(app, dict) else {}
+        tier = creator = creator_tenant = ""
+        subscribed = claims.get("subscribedAPIs")
+        for sub in subscribed if isinstance(subscribed, list) else []:
             if isinstance(sub, dict) and sub.get("name") == api_name and sub.get("version") == api_version:
-                tier = str(sub.get("subscriptionTier", ""))
-                creator = str(sub.get("publisher", ""))
+                tier = _text(sub.get("subscriptionTier"))
+                creator = _text(sub.get("publisher"))
                 # The creator's tenant is the publisher's, not subscriberTenantDomain
                 # (the original adapter mixed them up; domain.md 1.2).
                 creator_tenant = _tenant_of(creator) if creator else ""
                 break
-        user = str(claims.get("sub", ""))
+        user = _text(claims.get("sub"))
+        aud = claims.get("aud")
         return Caller(
             credential_kind="JWT",
             credential_hash=digest,
-            application_id=str(app.get("id") or app.get("uuid") or "unknown"),
-            application_name=str(app.get("name", "")),
-            application_owner=str(app.get("owner", "")),
-            application_tier=str(app.get("tier", "")),
-            consumer_key=str(claims.get("consumerKey") or claims.get("azp") or claims.get("aud") or ""),
-            key_type=str(claims.get("keytype", "")).upper(),
+            application_id=_text(app.get("id")) or _text(app.get("uuid")) or "unknown",
+            application_name=_text(app.get("name")),
+            application_owner=_text(app.get("owner")),
+            application_tier=_text(app.get("tier")),
+            consumer_key=_text(claims.get("consumerKey")) or _text(claims.get("azp"))
+            or (_text(aud) if not isinstance(aud, list) else ""),
+            key_type=_text(claims.get("keytype")).upper(),
             subscription_tier=tier,
             user_name=user,
             user_tenant_domain=_tenant_of(user) if user else "",

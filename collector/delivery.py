@@ -40,9 +40,19 @@ SPOOL_DEPTH = Gauge("apim_collector_spool_depth_records", "records waiting in th
 SPOOL_BYTES = Gauge("apim_collector_spool_depth_bytes", "bytes waiting in the local spool")
 PRODUCE_SECONDS = Histogram("apim_collector_produce_seconds", "time until Kafka acknowledged a call's records",
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SET_ASIDE = Counter("apim_collector_records_set_aside_total",
+                    "spooled records Kafka refuses for good (too large), kept in <spool>/rejected")
 MODE = Gauge("apim_collector_spooling", "1 while records go to the spool instead of Kafka")
 
-_HEAD = struct.Struct(">HiHH")  # topic len, partition (-1: none), key len, schema len
+_HEAD = struct.Struct(">HiHH")
+
+
+def _never_accepted(exc: BaseException) -> bool:
+    """Errors no retry can fix: the record itself is unacceptable to this cluster."""
+    name = type(exc).__name__
+    text = str(exc)
+    return name in ("MessageSizeTooLargeError", "RecordTooLargeError") or "MSG_SIZE_TOO_LARGE" in text \
+        or "RecordTooLarge" in text or "MessageSizeTooLarge" in text  # topic len, partition (-1: none), key len, schema len
 
 
 def encode_record(r: Record) -> bytes:
@@ -114,7 +124,8 @@ class SafeDelivery:
             except Exception as exc:  # noqa: BLE001 - any failure: fall back to the spool
                 log.warning("Kafka did not acknowledge; spooling", extra={"records": len(records),
                                                                           "error": repr(exc)[:200]})
-                self._reset_soon()
+                if not _never_accepted(exc):
+                    self._reset_soon()
         await self.spool.append([encode_record(r) for r in records])
         SPOOLED.inc(len(records))
         self._update_gauges()
@@ -128,7 +139,7 @@ class SafeDelivery:
     def _reset_soon(self) -> None:
         """Abandon the producer once (its pending copies are in the spool now); the drainer builds a new one."""
         if self._resetting is None or self._resetting.done():
-            self._resetting = asyncio.get_running_loop().create_task(self.publisher.reset())
+            self._resetting = asyncio.get_running_loop().create_task(self._reset_quietly())
 
     async def _drain_forever(self) -> None:
         while not self._closing:
@@ -150,9 +161,12 @@ class SafeDelivery:
                 try:
                     await self.publisher.send([decode_record(data) for _, data in entries], self.drain_timeout_s)
                 except Exception as exc:  # noqa: BLE001 - Kafka still away: try again later
+                    if _never_accepted(exc):
+                        await self._set_aside(entries, exc)
+                        continue
                     log.info("spool drain waiting for Kafka", extra={"error": repr(exc)[:200],
                                                                      "records": self.spool.depth_entries})
-                    await self.publisher.reset()
+                    await self._reset_quietly()
                     await asyncio.sleep(self.retry_backoff_s)
                     continue
                 await self.spool.ack(entries[-1][0])
@@ -160,6 +174,26 @@ class SafeDelivery:
                 self._update_gauges()
                 if not self.spooling:
                     log.info("spool drained; back to direct delivery")
+
+    async def _reset_quietly(self) -> None:
+        try:
+            await self.publisher.reset()
+        except Exception as exc:  # noqa: BLE001 - a producer that will not close is dropped anyway
+            log.warning("closing the old producer failed", extra={"error": repr(exc)[:200]})
+
+    async def _set_aside(self, entries: list, exc: BaseException) -> None:  # type: ignore[type-arg]
+        """Records Kafka will never accept (too large for the broker) must not block the
+        spool forever: they are moved to ``<spool>/rejected/`` for an operator, counted
+        and logged as errors, and the drain goes on."""
+        folder = self.spool.directory / "rejected"
+        folder.mkdir(exist_ok=True)
+        for position, data in entries:
+            (folder / f"{int(time.time() * 1000)}-{position.segment}-{position.offset}.record").write_bytes(data)
+        await self.spool.ack(entries[-1][0])
+        SET_ASIDE.inc(len(entries))
+        log.error("Kafka refuses these records for good; set aside for an operator",
+                  extra={"records": len(entries), "folder": str(folder), "error": repr(exc)[:300]})
+        self._update_gauges()
 
     def _update_gauges(self) -> None:
         SPOOL_DEPTH.set(self.spool.depth_entries)

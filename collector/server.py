@@ -161,11 +161,11 @@ class MetricHandler:
 
     def _records(self, raw: bytes, dedup_id: str, mapped: MappedCall, call_id: str) -> list[Record]:
         s = self.settings
-        key = call_id.encode()
         records = []
-        for partition, value in partitioned_records(mapped.events, partitions=self.partitions, call_id=call_id,
-                                                    producer_id=self.producer_id).items():
-            records.append(Record(topic=s.topic, partition=partition, key=key, value=value))
+        for partition, batch_id, value in partitioned_records(
+                mapped.events, partitions=self.partitions, call_id=call_id, producer_id=self.producer_id,
+                max_record_bytes=s.kafka_max_record_bytes):
+            records.append(Record(topic=s.topic, partition=partition, key=batch_id.encode(), value=value))
         for events_in in _events_per_record(mapped.events, len(records)):
             BATCH_EVENTS.observe(events_in)
         now_ms = int(time.time() * 1000)
@@ -289,6 +289,7 @@ class Collector:
             bootstrap=s.kafka, linger_ms=s.kafka_linger_ms,
             compression=None if s.kafka_compression == "none" else s.kafka_compression,
             request_timeout_ms=max(1000, int(s.ack_timeout_s * 1000)),
+            max_request_size=s.kafka_max_record_bytes + (64 << 10),
         ))
         try:
             await loop.run_in_executor(None, self.publisher.connect)

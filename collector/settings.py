@@ -42,6 +42,9 @@ class CollectorSettings:
                                     help="partitions when the collector creates the topic")
     kafka_client: str = setting("kafka-python", env="APIM_KAFKA_CLIENT",
                                 help="producer library: kafka-python, or confluent (optional extra, faster)")
+    kafka_max_record_bytes: int = setting(1_000_000, env="APIM_KAFKA_MAX_RECORD_BYTES",
+                                          help="largest record written; bigger batches are split (keep it at or "
+                                               "below the broker's message.max.bytes)")
     kafka_linger_ms: int = setting(2, env="APIM_KAFKA_LINGER_MS", help="producer linger (batching delay), ms")
     kafka_compression: str = setting("lz4", env="APIM_KAFKA_COMPRESSION",
                                      help="producer compression: lz4, gzip, zstd or none")
