@@ -3,6 +3,7 @@
     apim-analytics simulate ...         replay simulated Mixer traffic to a collector
     apim-analytics collector serve ...  the Mixer metric adapter (gRPC -> Kafka)
     apim-analytics pipeline run ...     the Beam job (Kafka -> analytics store)
+    apim-analytics subscriptions load   load the opaque-token/API-key catalog into the store
     apim-analytics demo                 all of it, end to end, into SQLite
     apim-analytics config show          every setting with its flag, env var and default
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from apim_analytics import logs
@@ -44,6 +46,22 @@ def _pipeline_run(args: argparse.Namespace) -> int:
     print(f"pipeline: {len(results)} run(s), {sum(r.records for r in results)} records, {events} events, "
           f"{sum(r.duplicates for r in results)} duplicates dropped, "
           f"{sum(r.undecodable for r in results)} undecodable records")
+    return 0
+
+
+def _subscriptions_load(args: argparse.Namespace) -> int:
+    from collector.credentials import SubscriptionCatalog
+    from store import subscriptions
+    from store.engine import make_engine
+
+    try:
+        catalog = SubscriptionCatalog.load(args.file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SettingsError(f"subscription catalog {args.file}: {exc}") from exc
+    engine = make_engine(args.store)
+    written = subscriptions.save(engine, catalog.rows(), replace_all=args.replace)
+    engine.dispose()
+    print(f"subscriptions: {len(catalog)} credentials, {written} subscriptions written to the store")
     return 0
 
 
@@ -95,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         sim = sub.add_parser("simulate", help="send simulated Mixer traffic to a collector")
         sim_cli.add_arguments(sim)
         sim.set_defaults(func=sim_cli.run)
+
+    subs = sub.add_parser("subscriptions", help="the subscription catalog (opaque tokens, API keys)").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    load = subs.add_parser("load", help="load a catalog file (YAML, CSV or JSON lines) into the store")
+    load.add_argument("file", help="catalog file; credentials appear only as SHA-256 hashes")
+    load.add_argument("--store", default=os.environ.get("APIM_STORE_URL", "sqlite:///apim-analytics.db"),
+                      help="SQLAlchemy URL [env: APIM_STORE_URL; default: sqlite:///apim-analytics.db]")
+    load.add_argument("--replace", action="store_true", help="drop entries not in the file")
+    load.set_defaults(func=_subscriptions_load)
 
     demo = sub.add_parser("demo", help="run everything end to end into SQLite and print a usage summary")
     from apim_analytics.demo import add_arguments as demo_arguments

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaProducer
 
@@ -146,10 +147,7 @@ class KafkaPublisher:
         waiters = []
         for r in records:
             fut: asyncio.Future[None] = loop.create_future()
-            kfut = producer.send(r.topic, value=r.value, key=r.key, partition=r.partition,
-                                 headers=[("schema", r.schema), ("source", self._source)])
-            kfut.add_callback(lambda _md, f=fut: loop.call_soon_threadsafe(_resolve, f, None))
-            kfut.add_errback(lambda exc, f=fut: loop.call_soon_threadsafe(_resolve, f, exc))
+            self._submit(producer, r, fut, loop)
             waiters.append(fut)
         try:
             await asyncio.wait_for(asyncio.gather(*waiters), timeout_s)
@@ -160,6 +158,14 @@ class KafkaPublisher:
                 elif not w.cancelled():
                     w.exception()
             raise
+
+    def _submit(self, producer: Any, r: Record, fut: asyncio.Future[None],
+                loop: asyncio.AbstractEventLoop) -> None:
+        """Hand one record to the client; ``fut`` is resolved from its delivery report."""
+        kfut = producer.send(r.topic, value=r.value, key=r.key, partition=r.partition,
+                             headers=[("schema", r.schema), ("source", self._source)])
+        kfut.add_callback(lambda _md: loop.call_soon_threadsafe(_resolve, fut, None))
+        kfut.add_errback(lambda exc: loop.call_soon_threadsafe(_resolve, fut, exc))
 
     def close(self, timeout_s: float = 30.0) -> None:
         if self._producer is not None:
@@ -226,34 +232,14 @@ class ConfluentPublisher(KafkaPublisher):
         if old is not None:
             await asyncio.get_running_loop().run_in_executor(None, lambda: (old.purge(), old.flush(0)))
 
-    async def send(self, records: Sequence[Record], timeout_s: float) -> None:
-        if not records:
-            return
-        producer = self._producer
-        if producer is None:
-            raise KafkaUnavailable("no Kafka producer connected")
-        loop = asyncio.get_running_loop()
-        waiters = []
-        for r in records:
-            fut: asyncio.Future[None] = loop.create_future()
+    def _submit(self, producer: Any, r: Record, fut: asyncio.Future[None],
+                loop: asyncio.AbstractEventLoop) -> None:
+        def report(err, _msg) -> None:  # type: ignore[no-untyped-def]
+            loop.call_soon_threadsafe(_resolve, fut, None if err is None else RuntimeError(str(err)))
 
-            def report(err, _msg, f=fut):  # type: ignore[no-untyped-def]
-                loop.call_soon_threadsafe(_resolve, f, None if err is None else RuntimeError(str(err)))
-
-            kwargs = {} if r.partition is None else {"partition": r.partition}
-            producer.produce(r.topic, value=r.value, key=r.key, headers=[("schema", r.schema),
-                                                                        ("source", self._source)],
-                             on_delivery=report, **kwargs)
-            waiters.append(fut)
-        try:
-            await asyncio.wait_for(asyncio.gather(*waiters), timeout_s)
-        except BaseException:
-            for w in waiters:
-                if not w.done():
-                    w.cancel()
-                elif not w.cancelled():
-                    w.exception()
-            raise
+        kwargs = {} if r.partition is None else {"partition": r.partition}
+        producer.produce(r.topic, value=r.value, key=r.key, headers=[("schema", r.schema), ("source", self._source)],
+                         on_delivery=report, **kwargs)
 
     def close(self, timeout_s: float = 30.0) -> None:
         if self._producer is not None:

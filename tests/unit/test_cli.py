@@ -36,3 +36,33 @@ def test_config_show_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> 
     for needle in ("collector.listen", "APIM_COLLECTOR_LISTEN", "pipeline.store", "APIM_STORE_URL",
                    "pipeline.max_records_per_run"):
         assert needle in out
+
+
+def test_subscriptions_load_stores_hashes_and_the_collector_resolves_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from collector.credentials import credential_hash
+    from collector.server import build_resolver
+    from collector.settings import CollectorSettings
+
+    token = "9b2c4d6e-0000-4000-8000-abcdefabcdef"
+    catalog = tmp_path / "subs.yaml"
+    catalog.write_text(
+        "subscriptions:\n"
+        f"  - credential_sha256: {credential_hash(token)}\n"
+        "    application_id: app-7\n    application_name: Seven\n    key_type: SANDBOX\n"
+        "    credential_kind: API_KEY\n"
+        "    subscriptions:\n      - {api_name: PizzaAPI, api_version: 1.0.0, tier: Gold}\n"
+        "      - {api_name: NewsAPI, api_version: v2, tier: Bronze}\n")
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["subscriptions", "load", str(catalog), "--store", store]) == 0
+    assert token not in (tmp_path / "store.db").read_bytes().decode("latin-1")
+    resolver = build_resolver(CollectorSettings(subscriptions_store=store))
+    caller = resolver.resolve(token, "NewsAPI", "v2")
+    assert (caller.application_id, caller.subscription_tier, caller.key_type, caller.credential_kind) == (
+        "app-7", "Bronze", "SANDBOX", "API_KEY")
+
+
+def test_subscriptions_load_names_a_bad_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "subs.csv"
+    bad.write_text("application_id\napp-1\n")
+    assert main(["subscriptions", "load", str(bad), "--store", f"sqlite:///{tmp_path / 's.db'}"]) == 2
+    assert "subs.csv" in capsys.readouterr().err
