@@ -78,16 +78,17 @@ class SafeDelivery:
     """Kafka when it answers, the spool when it does not; drains the spool in order."""
 
     def __init__(self, publisher: KafkaPublisher, spool: Spool, *, ack_timeout_s: float,
-                 drain_batch: int = 512, drain_bytes: int = 4 << 20, retry_backoff_s: float = 0.5) -> None:
+                 drain_timeout_s: float = 10.0, drain_batch: int = 512, drain_bytes: int = 4 << 20,
+                 retry_backoff_s: float = 0.5) -> None:
         self.publisher = publisher
         self.spool = spool
         self.ack_timeout_s = ack_timeout_s
         self.drain_batch = drain_batch
         self.drain_bytes = drain_bytes
-        # The drainer waits for a definite answer: until the producer itself gives
-        # up on the records. Re-sending records the producer still holds would only
-        # pile up copies and keep Kafka further behind.
-        self.drain_timeout_s = publisher.delivery_timeout_s + 5.0
+        # A drain batch not acknowledged in time is not re-sent on the same
+        # producer (that would pile up copies behind a stuck one): the producer is
+        # abandoned with what it holds and a fresh one sends the batch again.
+        self.drain_timeout_s = drain_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self._drainer: asyncio.Task[None] | None = None
         self._resetting: asyncio.Task[None] | None = None

@@ -296,7 +296,8 @@ class Collector:
         except Exception as exc:  # noqa: BLE001
             log.warning("Kafka producer not connected yet", extra={"error": repr(exc)[:300]})
         spool = Spool.open(Path(s.spool_dir), max_bytes=s.spool_max_mb << 20)
-        self.delivery = SafeDelivery(self.publisher, spool, ack_timeout_s=s.ack_timeout_s)
+        self.delivery = SafeDelivery(self.publisher, spool, ack_timeout_s=s.ack_timeout_s,
+                                     drain_timeout_s=s.spool_drain_timeout_s)
         self.delivery.start()
         mapper = InstanceMapper(
             self.resolver, mappings,
@@ -360,7 +361,8 @@ class Collector:
         if self._refresher is not None:
             self._refresher.cancel()
         if self.delivery is not None:
-            await self.delivery.close()
+            # What is still spooled stays on disk and drains at the next start.
+            await self.delivery.close(drain_timeout_s=self.settings.shutdown_grace_s)
         if self.publisher is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.publisher.close)
         log.info("collector stopped")

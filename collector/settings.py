@@ -53,6 +53,9 @@ class CollectorSettings:
     # -- spool -------------------------------------------------------------------------
     spool_dir: str = setting(".local/spool", env="APIM_COLLECTOR_SPOOL_DIR",
                              help="folder of the durable spool used while Kafka is unreachable")
+    spool_drain_timeout_s: float = setting(10.0, env="APIM_COLLECTOR_SPOOL_DRAIN_TIMEOUT_S",
+                                           help="how long one spool drain batch waits for Kafka before a fresh "
+                                                "producer retries it")
     spool_max_mb: int = setting(1024, env="APIM_COLLECTOR_SPOOL_MAX_MB",
                                 help="spool size limit; beyond it calls get UNAVAILABLE")
     # -- mapping and validation --------------------------------------------------------------

@@ -94,6 +94,18 @@ def _collector(broker: PrivateBroker, topic: str, tmp_path: Path, *extra: str) -
     return proc, target
 
 
+def _wait_drained(tmp_path: Path, timeout_s: float = 120.0) -> None:
+    """The collector's spool is durable: before comparing, let it reach Kafka."""
+    deadline = time.monotonic() + timeout_s
+    log = tmp_path / "collector.log"
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if text.count("spool drained") >= 1 and text.rfind("spool drained") > text.rfind("spooling"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"spool not drained after {timeout_s}s; see {log}")
+
+
 def _pipeline(broker: PrivateBroker, topic: str, store: str) -> None:
     run_pipeline(PipelineSettings(kafka=broker.bootstrap, topic=topic, store=store, max_records_per_run=500))
 
@@ -120,6 +132,7 @@ def test_broker_killed_twice_mid_stream_every_event_exactly_once(broker: Private
             broker.start()
         sender.join(120)
         assert not sender.is_alive()
+        _wait_drained(tmp_path)
     finally:
         stop_collector(proc)
     report, truth = outcome["report"], outcome["truth"]
@@ -149,9 +162,7 @@ def test_collector_sigkilled_holding_a_spool_loses_nothing(broker: PrivateBroker
     broker.start()
     proc, _ = _collector(broker, topic, tmp_path)  # same spool folder: drains on start
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "spool drained" not in (tmp_path / "collector.log").read_text():
-            time.sleep(0.2)
+        _wait_drained(tmp_path)
     finally:
         stop_collector(proc)
     _pipeline(broker, topic, store)
@@ -194,9 +205,7 @@ def test_full_spool_refuses_with_unavailable_and_drops_nothing(broker: PrivateBr
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE
                     time.sleep(0.5)
             assert not pending
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "spool drained" not in (tmp_path / "collector.log").read_text():
-            time.sleep(0.2)
+        _wait_drained(tmp_path)
     finally:
         stop_collector(proc)
     _pipeline(broker, topic, store)
