@@ -212,9 +212,8 @@ def _truncate_ip(text: str) -> str:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
 
 
-@functools.lru_cache(maxsize=65536)
 def _caller_fields(caller: Caller) -> dict[str, Any]:
-    """The event fields of a caller; cached, since one caller makes many requests (read-only result)."""
+    """The event fields of a caller."""
     out: dict[str, Any] = {
         "credential_kind": pb.CredentialKind.Value(caller.credential_kind),
         "credential_hash": caller.credential_hash,
@@ -260,6 +259,9 @@ class InstanceMapper:
         self.limits = limits
         self.privacy = privacy
         self._clock = clock
+        self._plans: dict[str, list[tuple[str, str, bool, bool]]] = {}
+        self._minimise = privacy.user_ip != "keep" or privacy.user_name != "keep"
+        self._caller_cache: dict[int, tuple[Caller, dict[str, Any]]] = {}
         self._converters = {name: converter_for(name) for name in EVENT_FIELDS
                             if name not in RESERVED_FIELDS and EVENT_FIELDS[name].type != FieldDescriptor.TYPE_ENUM
                             and EVENT_FIELDS[name].type != FieldDescriptor.TYPE_MESSAGE}
@@ -282,21 +284,30 @@ class InstanceMapper:
                 raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: {out} is too large")
         return out
 
+    def _plan(self, mapping: InstanceMapping) -> list[tuple[str, str, bool, bool]]:
+        """(dimension, field, string field?, keep an empty string?) per mapped target, computed once."""
+        plan = self._plans.get(mapping.short_name)
+        if plan is None:
+            plan = self._plans[mapping.short_name] = [
+                (dim, target, target in _STRING_FIELDS, target not in mapping.defaults)
+                for dim, targets in mapping.dimensions for target in targets]
+        return plan
+
     def _fields(self, mapping: InstanceMapping, value: Any, dims: dict[str, Any]) -> dict[str, Any]:
         event: dict[str, Any] = dict(mapping.defaults)
         max_len = self.limits.max_string_bytes
-        for dim, targets in mapping.dimensions:
+        for dim, target, string_field, keep_empty in self._plan(mapping):
             x = dims.get(dim)
             if x is None:
                 continue
-            for target in targets:
-                # Fast path: a string dimension into a string field needs no conversion.
-                if type(x) is str and target in _STRING_FIELDS and len(x) <= max_len:
-                    v: Any = x
-                else:
-                    v = self._convert(target, x)
-                if v != "" or target not in mapping.defaults:
-                    event[target] = v
+            # Fast path: a string dimension into a string field needs no conversion.
+            if string_field and type(x) is str and len(x) <= max_len:
+                if x or keep_empty:
+                    event[target] = x
+                continue
+            v = self._convert(target, x)
+            if v != "" or keep_empty:
+                event[target] = v
         if mapping.properties:
             props = {}
             for dim, key in mapping.properties:
@@ -340,8 +351,8 @@ class InstanceMapper:
                 raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, "response time is before request time")
             event["response_latency_ms"] = float(end - ts)
             event.setdefault("backend_latency_ms", float(end - ts))
-        event.update(_caller_fields(self.resolver.resolve(credential, event.get("api_name", ""),
-                                                          event.get("api_version", ""), at_s=ts / 1000.0)))
+        event.update(self._caller_fields(self.resolver.resolve(credential, event.get("api_name", ""),
+                                                               event.get("api_version", ""), at_s=ts / 1000.0)))
         code = event.get("response_code", 0)
         if code == 429:
             event["throttled_out"] = True
@@ -350,7 +361,20 @@ class InstanceMapper:
             event["fault"] = True
             event["error_code"] = code
             event.setdefault("error_message", "Error")
-        self.privacy.apply(event)
+        if self._minimise:
+            self.privacy.apply(event)
+
+    def _caller_fields(self, caller: Caller) -> dict[str, Any]:
+        """The caller's event fields, cached per caller object: the resolver hands out the
+        same object for every request of one credential and API (read-only result)."""
+        hit = self._caller_cache.get(id(caller))
+        if hit is not None and hit[0] is caller:
+            return hit[1]
+        fields_ = _caller_fields(caller)
+        if len(self._caller_cache) > 65536:
+            self._caller_cache.clear()
+        self._caller_cache[id(caller)] = (caller, fields_)
+        return fields_
 
     # -- one call ---------------------------------------------------------------
     def map_call(self, decoded: Decoded, call_id: str = "") -> MappedCall:

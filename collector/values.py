@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 from typing import Any
 
 
@@ -33,7 +34,7 @@ def ip_text(raw: bytes) -> str:
     if not raw:
         return ""
     if len(raw) == 4:
-        return str(ipaddress.IPv4Address(raw))
+        return socket.inet_ntop(socket.AF_INET, raw)  # C; ipaddress costs ~10x more per event
     if len(raw) == 16:
         addr = ipaddress.IPv6Address(raw)
         return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
