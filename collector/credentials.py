@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from prometheus_client import Counter
 
 if TYPE_CHECKING:
     from collector.jwt_verify import JwtVerifier
+
+JWT_REJECTED = Counter("apim_collector_jwt_rejected_total",
+                       "JWTs that failed signature or claim verification, by reason", ["reason"])
 
 ANONYMOUS_APPLICATION = "anonymous"
 UNAUTHENTICATED_TIER = "Unauthenticated"
@@ -197,8 +201,6 @@ class CredentialResolver:
     ) -> None:
         self.catalog = catalog or SubscriptionCatalog()
         self.verifier = verifier
-        self.invalid_tokens = 0
-        self.invalid_reasons: dict[str, int] = {}
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, Caller]] = OrderedDict()
         self._cache_size = cache_size
         self._ttl = cache_ttl_s
@@ -248,8 +250,7 @@ class CredentialResolver:
                 try:
                     claims = self.verifier.verify(token, now=at_s)
                 except TokenInvalid as exc:
-                    self.invalid_tokens += 1
-                    self.invalid_reasons[str(exc.reason)] = self.invalid_reasons.get(str(exc.reason), 0) + 1
+                    JWT_REJECTED.labels(str(exc.reason)).inc()
                     return Caller(credential_kind="UNRESOLVED", credential_hash=digest, application_id="unknown",
                                   subscription_tier="")
             else:

@@ -1,8 +1,9 @@
 """Decoding a HandleMetric call into plain Python values.
 
 The neutral form every later step works on: ``(dedup_id, adapter_config,
-instances)`` where each instance is ``(name, value, dimensions, start, end)``
-and a Value becomes
+instances)`` where each instance is ``(name, value, dimensions, start, end)``,
+``raw[start:end]`` being the instance's own encoding (-1, -1 from the reference
+decoder), and a Value becomes
 
 - ``str`` for string, DNS name, email address and URI values,
 - ``int`` for int64, ``float`` for double, ``bool`` for bool,
@@ -72,10 +73,9 @@ def decode_reference(raw: bytes) -> Decoded:
             from exc
     instances: list[Instance] = []
     for inst in request.instances:
-        encoded = inst.SerializeToString()
         dims = {k: value_to_native(v) for k, v in inst.dimensions.items()}
         value = value_to_native(inst.value) if inst.HasField("value") else None
-        instances.append((inst.name, value, dims, -1, len(encoded)))
+        instances.append((inst.name, value, dims, -1, -1))  # no span: instance_message re-parses
     config = request.adapter_config.SerializeToString() if request.HasField("adapter_config") else None
     return request.dedup_id, config, instances
 

@@ -133,10 +133,6 @@ class SafeDelivery:
         self._wake.set()
         return "spool"
 
-    @property
-    def draining_needed(self) -> bool:
-        return self.spooling or not self.publisher.ready
-
     def _reset_soon(self) -> None:
         """Abandon the producer once (its pending copies are in the spool now); the drainer builds a new one."""
         if self._resetting is None or self._resetting.done():

@@ -21,7 +21,6 @@ same ids, while two Mixer replicas whose dedup counters collide still differ.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import json

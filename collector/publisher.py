@@ -14,17 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaProducer
 
+from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
+from schemas.apim.usage.v1.usage_event_columns_pb2 import UsageEventColumns
+
 log = logging.getLogger(__name__)
 
-USAGE_SCHEMA = b"apim.usage.v1.UsageEventColumns"
-DEAD_LETTER_SCHEMA = b"apim.usage.v1.DeadLetter"
+# The "schema" header names the record's message type, straight from the contract.
+USAGE_SCHEMA = UsageEventColumns.DESCRIPTOR.full_name.encode()
+DEAD_LETTER_SCHEMA = DeadLetter.DESCRIPTOR.full_name.encode()
 
 
 @dataclass(frozen=True)
@@ -118,19 +121,6 @@ class KafkaPublisher:
         if old is not None:
             await asyncio.get_running_loop().run_in_executor(None, lambda: old.close(timeout=0))
 
-    def partitions(self, topic: str, timeout_s: float = 30.0) -> int:
-        """The topic's partition count, waiting for metadata."""
-        self.connect()
-        assert self._producer is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            parts = self._producer.partitions_for(topic)
-            if parts:
-                return len(parts)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic!r} has no partitions on {self.settings.bootstrap}")
-            time.sleep(0.2)
-
     async def send(self, records: Sequence[Record], timeout_s: float) -> None:
         """Write ``records`` and wait until Kafka acknowledged every one of them.
 
@@ -220,11 +210,6 @@ class ConfluentPublisher(KafkaPublisher):
         self._poller = threading.Thread(target=poll_reports, name="kafka-delivery-reports", daemon=True)
         self._poller.start()
         return producer
-
-    def partitions(self, topic: str, timeout_s: float = 30.0) -> int:
-        self.connect()
-        meta = self._producer.list_topics(topic, timeout=timeout_s)  # type: ignore[union-attr]
-        return len(meta.topics[topic].partitions)
 
     async def reset(self) -> None:
         old, self._producer = self._producer, None

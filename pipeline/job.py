@@ -38,7 +38,6 @@ class RunResult:
     events: int
     duplicates: int
     undecodable: int
-    rows: int
     seconds: float
 
 
@@ -93,7 +92,6 @@ def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> 
         events=_counter(result, "events_decoded"),
         duplicates=_counter(result, "duplicate_events"),
         undecodable=_counter(result, "undecodable_records"),
-        rows=0,
         seconds=time.perf_counter() - started,
     )
     log.info("run committed", extra={"ranges": run.ranges, "records": run.records, "events": run.events,

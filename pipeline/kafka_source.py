@@ -73,7 +73,7 @@ def plan_ranges(
     return sorted(plan)
 
 
-USAGE_SCHEMA = b"apim.usage.v1.UsageEventColumns"
+USAGE_SCHEMA = cols_pb.UsageEventColumns.DESCRIPTOR.full_name.encode()
 _NEEDED = ("request_timestamp_ms", "api_name", "api_version", "application_id", "subscription_tier",
            "response_code", "request_size_bytes", "response_size_bytes")
 

@@ -38,7 +38,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; issue it ourselves so
-        # a write transaction takes the lock at its start (see begin_immediate).
+        # a write transaction takes SQLite's write lock at its start (BEGIN IMMEDIATE).
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     return create_engine(parsed, pool_pre_ping=True)
