@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from apim_analytics.demo import _free_port
+from bench.cpu import process_cpu_s
 
 MODES = ("no-op", "no-mapping", "no-kafka", "full")
 
@@ -71,11 +72,6 @@ def serve(mode: str, port: int, kafka: str, spool: str) -> None:
     asyncio.run(real())
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
@@ -105,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             proc.stdout.readline()  # type: ignore[union-attr]
-            cpu0 = _cpu_s(proc.pid)
+            cpu0 = process_cpu_s(proc.pid)
             report = send(iter(calls), SendSettings(target=f"127.0.0.1:{port}", concurrency=8))
-            cpu = _cpu_s(proc.pid) - cpu0
+            cpu = process_cpu_s(proc.pid) - cpu0
         finally:
             proc.kill()
             proc.wait()

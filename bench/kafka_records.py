@@ -17,21 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import time
 import uuid
 from pathlib import Path
 
+from bench.cpu import own_cpu_s
 from collector.columns import partitioned_records
 from collector.mapping import event_to_proto
 from collector.topics import ensure_topic
 
 PARTITIONS = 6
-
-
-def _cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def _events(n: int) -> list[dict]:
@@ -80,7 +75,7 @@ def run_case(client: str, shape: str, events: list[dict], bootstrap: str) -> dic
     topic = f"bench.records.{uuid.uuid4().hex[:8]}"
     ensure_topic(bootstrap, topic, PARTITIONS)
     send, flush, close = (_kafka_python if client == "kafka-python" else _confluent)(bootstrap)
-    cpu0, t0 = _cpu(), time.perf_counter()
+    cpu0, t0 = own_cpu_s(), time.perf_counter()
     records = 0
     if shape == "row per record":
         for i, e in enumerate(events):
@@ -95,7 +90,7 @@ def run_case(client: str, shape: str, events: list[dict], bootstrap: str) -> dic
                 send(topic, partition, batch_id.encode(), value)
                 records += 1
     flush()
-    wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    wall, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0
     close()
     return {"client": client, "shape": shape, "events": len(events), "records": records,
             "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "events_per_s": round(len(events) / wall),

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import tempfile
 import time
 import uuid
@@ -31,6 +30,7 @@ import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 
 from apim_analytics.demo import _free_port, start_collector, stop_collector
+from bench.cpu import own_cpu_s, process_cpu_s
 from collector.topics import ensure_topic
 from pipeline.job import run_once
 from pipeline.settings import PipelineSettings
@@ -42,17 +42,6 @@ from simulator.tokens import subscription_catalog_rows
 from simulator.traffic import generate
 
 MIXER_CPU_S_PER_1000 = 0.6  # Istio's published Mixer cost: ~0.6 vCPU per 1,000 requests/s
-
-
-def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-
-
-def _self_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency: int, work: Path,
@@ -68,10 +57,10 @@ def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency
     target = f"127.0.0.1:{_free_port()}"
     proc = start_collector(target, kafka, topic, subs, work / "collector.log", extra_args=["--kafka-client", client])
     try:
-        cpu0, t0 = _proc_cpu_s(proc.pid), time.perf_counter()
+        cpu0, t0 = process_cpu_s(proc.pid), time.perf_counter()
         report = send(iter(requests), SendSettings(target=target, concurrency=concurrency))
         wall = time.perf_counter() - t0
-        cpu = _proc_cpu_s(proc.pid) - cpu0
+        cpu = process_cpu_s(proc.pid) - cpu0
     finally:
         stop_collector(proc)
     sent = report.instances
@@ -89,9 +78,9 @@ def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency
 def bench_pipeline(kafka: str, topic: str, work: Path, max_records: int) -> dict:
     store = f"sqlite:///{work / 'bench.db'}"
     settings = PipelineSettings(kafka=kafka, topic=topic, store=store, max_records_per_run=max_records)
-    cpu0, t0 = _self_cpu_s(), time.perf_counter()
+    cpu0, t0 = own_cpu_s(), time.perf_counter()
     result = run_once(settings)
-    wall, cpu = time.perf_counter() - t0, _self_cpu_s() - cpu0
+    wall, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0
     assert result is not None, "no events to aggregate"
     return {"events": result.events, "records": result.records, "wall_s": round(wall, 3),
             "cpu_s": round(cpu, 3), "events_per_s_wall": round(result.events / wall),
@@ -100,7 +89,7 @@ def bench_pipeline(kafka: str, topic: str, work: Path, max_records: int) -> dict
 
 def bench_pandas_baseline(kafka: str, topic: str) -> dict:
     """Read the same records, decode, group with pandas: the same work without Beam or SQL."""
-    cpu0, t0 = _self_cpu_s(), time.perf_counter()
+    cpu0, t0 = own_cpu_s(), time.perf_counter()
     consumer = KafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, auto_offset_reset="earliest",
                              max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
@@ -123,7 +112,7 @@ def bench_pandas_baseline(kafka: str, topic: str) -> dict:
     df["code"] = df["code"] // 100
     grouped = df.groupby(["bucket", "api", "ver", "app", "tier", "code"]).agg(
         requests=("rq", "size"), rq=("rq", "sum"), rs=("rs", "sum"))
-    wall, cpu = time.perf_counter() - t0, _self_cpu_s() - cpu0
+    wall, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0
     return {"events": len(df), "groups": len(grouped), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
             "events_per_s_wall": round(len(df) / wall), "events_per_cpu_s": round(len(df) / cpu)}
 

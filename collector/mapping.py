@@ -464,6 +464,6 @@ def properties_json(event: dict[str, Any]) -> str:
 
 __all__ = [
     "EVENT_FIELDS", "InstanceMapper", "InstanceMapping", "InstanceRejected", "Limits", "MappedCall", "Privacy",
-    "RejectCode", "Rejection", "call_id_of", "event_to_proto", "load_mappings", "parse_mappings",
+    "RejectCode", "Rejection", "event_to_proto", "load_mappings", "parse_mappings",
     "properties_json", "redact_instance", "short_name",
 ]

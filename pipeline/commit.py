@@ -31,7 +31,7 @@ from pipeline.aggregate import MEASURE_NAMES, Measures, UsageKey
 from pipeline.kafka_source import OffsetRange
 from store.engine import make_engine
 from store.tables import USAGE_KEY_COLUMNS, USAGE_MEASURE_COLUMNS, seen_batches, source_offsets, usage_minute
-from store.upsert import additive_upsert
+from store.upsert import additive_upsert, replace_upsert
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def commit_run(engine: Engine, plan: Sequence[OffsetRange], aggregates: Iterable
         _remember_calls(conn, new_calls, now, dedup_horizon_s)
         offset_rows = [{"topic": r.topic, "partition": r.partition, "next_offset": r.end, "updated_at": now}
                        for r in plan]
-        _upsert_offsets(conn, offset_rows)
+        replace_upsert(conn, source_offsets, offset_rows, key=("topic", "partition"))
     return written
 
 
@@ -98,24 +98,7 @@ def _remember_calls(conn: Connection, new_calls: Iterable[tuple[str, int, str, i
     conn.execute(delete(seen_batches).where(seen_batches.c.committed_at < now - dt.timedelta(seconds=horizon_s)))
     rows = [{"topic": t, "partition": p, "call_id": c, "record_offset": o, "committed_at": now}
             for t, p, c, o in {(t, p, c): (t, p, c, o) for t, p, c, o in new_calls}.values()]
-    if rows:
-        from store.upsert import replace_upsert
-
-        replace_upsert(conn, seen_batches, rows, key=("topic", "partition", "call_id"))
-
-
-def _upsert_offsets(conn: Connection, rows: list[dict]) -> None:
-    if not rows:
-        return
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    insert_fn = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert_fn(source_offsets)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[source_offsets.c.topic, source_offsets.c.partition],
-        set_={"next_offset": stmt.excluded.next_offset, "updated_at": stmt.excluded.updated_at},
-    )
-    conn.execute(stmt, rows)
+    replace_upsert(conn, seen_batches, rows, key=("topic", "partition", "call_id"))
 
 
 class CommitRun(beam.DoFn):

@@ -14,6 +14,14 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 
+def _insert_for(conn: Connection):  # type: ignore[no-untyped-def]
+    """The dialect's INSERT with ON CONFLICT support."""
+    insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(conn.dialect.name)
+    if insert_fn is None:
+        raise NotImplementedError(f"upserts are not implemented for {conn.dialect.name}")
+    return insert_fn
+
+
 def additive_upsert(
     conn: Connection,
     table: Table,
@@ -38,10 +46,7 @@ def additive_upsert(
     """
     if not rows:
         return 0
-    dialect = conn.dialect.name
-    insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if insert_fn is None:
-        raise NotImplementedError(f"additive upsert is not implemented for {dialect}")
+    insert_fn = _insert_for(conn)
     for start in range(0, len(rows), chunk):
         stmt = insert_fn(table)
         stmt = stmt.on_conflict_do_update(
@@ -57,7 +62,7 @@ def replace_upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, A
     """Insert ``rows``, overwriting every non-key column of rows that already exist."""
     if not rows:
         return 0
-    insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[conn.dialect.name]
+    insert_fn = _insert_for(conn)
     columns = [c for c in rows[0] if c not in key]
     for start in range(0, len(rows), chunk):
         stmt = insert_fn(table)
