@@ -78,16 +78,15 @@ def run_case(client: str, shape: str, events: list[dict], bootstrap: str) -> dic
     cpu0, t0 = own_cpu_s(), time.perf_counter()
     records = 0
     if shape == "row per record":
-        for i, e in enumerate(events):
+        for e in events:
             value = event_to_proto(e, "call").SerializeToString()
             send(topic, hash(e["application_id"]) % PARTITIONS, e["application_id"].encode(), value)
             records += 1
     else:
         for start in range(0, len(events), 100):
             call = events[start:start + 100]
-            for partition, batch_id, value in partitioned_records(call, partitions=PARTITIONS, call_id=str(start),
-                                                                  producer_id="bench"):
-                send(topic, partition, batch_id.encode(), value)
+            for batch in partitioned_records(call, partitions=PARTITIONS, call_id=str(start), producer_id="bench"):
+                send(topic, batch.partition, batch.batch_id.encode(), batch.value)
                 records += 1
     flush()
     wall, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.descriptor import FieldDescriptor
 from kafka.partitioner.default import murmur2
@@ -56,9 +56,18 @@ def build_columns(events: Sequence[dict[str, Any]], *, call_id: str, producer_id
     return batch
 
 
+class BatchRecord(NamedTuple):
+    """One Kafka record's worth of a call: where it goes, its id, its bytes, how many events."""
+
+    partition: int
+    batch_id: str
+    value: bytes
+    events: int
+
+
 def partitioned_records(events: Sequence[dict[str, Any]], *, partitions: int, call_id: str, producer_id: str,
-                        max_record_bytes: int = 1_000_000) -> list[tuple[int, str, bytes]]:
-    """[(partition, batch id, serialized UsageEventColumns)] for one call's events.
+                        max_record_bytes: int = 1_000_000) -> list[BatchRecord]:
+    """One columnar record per partition the call's events fall on.
 
     A partition's batch larger than ``max_record_bytes`` (the broker's
     ``message.max.bytes`` sets the ceiling) is split in halves until every part
@@ -69,29 +78,28 @@ def partitioned_records(events: Sequence[dict[str, Any]], *, partitions: int, ca
     for e in events:
         groups.setdefault(partition_for(e.get("application_id", ""), partitions), []).append(e)
     now_ms = int(time.time() * 1000)
-    out: list[tuple[int, str, bytes]] = []
+    out: list[BatchRecord] = []
     for p, group in groups.items():
         parts = _fit(group, call_id, producer_id, now_ms, max_record_bytes)
         if len(parts) == 1:
-            out.append((p, call_id, parts[0]))
-        else:
-            out.extend((p, f"{call_id}.{k}", _with_id(v, f"{call_id}.{k}")) for k, v in enumerate(parts))
+            out.append(BatchRecord(p, call_id, parts[0][1], len(group)))
+            continue
+        for k, (part, _) in enumerate(parts):  # rare: rebuild each part under its own id
+            batch_id = f"{call_id}.{k}"
+            value = build_columns(part, call_id=batch_id, producer_id=producer_id, produced_ms=now_ms)
+            out.append(BatchRecord(p, batch_id, value.SerializeToString(), len(part)))
     return out
 
 
-def _fit(group: Sequence[dict[str, Any]], call_id: str, producer_id: str, now_ms: int, limit: int) -> list[bytes]:
+def _fit(group: Sequence[dict[str, Any]], call_id: str, producer_id: str, now_ms: int,
+         limit: int) -> list[tuple[Sequence[dict[str, Any]], bytes]]:
+    """Halve ``group`` until each part serializes within ``limit``: [(part, its bytes)]."""
     value = build_columns(group, call_id=call_id, producer_id=producer_id, produced_ms=now_ms).SerializeToString()
     if len(value) <= limit or len(group) == 1:
-        return [value]
+        return [(group, value)]
     half = len(group) // 2
     return _fit(group[:half], call_id, producer_id, now_ms, limit) + \
         _fit(group[half:], call_id, producer_id, now_ms, limit)
-
-
-def _with_id(value: bytes, batch_id: str) -> bytes:
-    batch = cols_pb.UsageEventColumns.FromString(value)
-    batch.header.call_id = batch_id
-    return batch.SerializeToString()
 
 
 def rows(batch: cols_pb.UsageEventColumns) -> list[pb.UsageEvent]:

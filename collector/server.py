@@ -162,12 +162,12 @@ class MetricHandler:
     def _records(self, raw: bytes, dedup_id: str, mapped: MappedCall, call_id: str) -> list[Record]:
         s = self.settings
         records = []
-        for partition, batch_id, value in partitioned_records(
+        for batch in partitioned_records(
                 mapped.events, partitions=self.partitions, call_id=call_id, producer_id=self.producer_id,
                 max_record_bytes=s.kafka_max_record_bytes):
-            records.append(Record(topic=s.topic, partition=partition, key=batch_id.encode(), value=value))
-        for events_in in _events_per_record(mapped.events, len(records)):
-            BATCH_EVENTS.observe(events_in)
+            records.append(Record(topic=s.topic, partition=batch.partition, key=batch.batch_id.encode(),
+                                  value=batch.value))
+            BATCH_EVENTS.observe(batch.events)
         now_ms = int(time.time() * 1000)
         for r in mapped.rejected:
             letter = dead_letter_pb2.DeadLetter(
@@ -177,10 +177,6 @@ class MetricHandler:
             records.append(Record(topic=s.dead_letter_topic, partition=None, key=f"{call_id}/{r.index}".encode(),
                                   value=letter.SerializeToString(), schema=DEAD_LETTER_SCHEMA))
         return records
-
-
-def _events_per_record(events: list[dict], records: int) -> list[int]:
-    return [len(events) // records] * records if records else []
 
 
 class InfrastructureBackend(ib_grpc.InfrastructureBackendServicer):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from google.protobuf.descriptor import FieldDescriptor
 
 from collector.columns import build_columns, partition_for, partitioned_records, rows
@@ -51,21 +53,27 @@ def test_an_application_always_lands_on_one_partition() -> None:
     events = [dict(EVENTS[0], call_index=i) for i in range(10)] + [dict(EVENTS[1], call_index=10 + i)
                                                                     for i in range(5)]
     records = partitioned_records(events, partitions=6, call_id="c", producer_id="p")
-    counts = {p: cols_pb.UsageEventColumns.FromString(v).count for p, _, v in records}
-    assert sum(counts.values()) == 15
-    assert counts[partition_for("app-1", 6)] >= 10
-    assert partition_for("app-1", 6) == partition_for("app-1", 6)
+    expected = Counter(partition_for(e["application_id"], 6) for e in events)
+    assert {r.partition: r.events for r in records} == dict(expected)
+    for r in records:
+        batch = cols_pb.UsageEventColumns.FromString(r.value)
+        assert batch.count == r.events
+        assert {partition_for(app, 6) for app in batch.application_id} == {r.partition}
+    # the hash is Kafka's default partitioner (murmur2 of the key), not Python's salted hash()
+    from kafka.partitioner.default import murmur2
+    assert partition_for("app-1", 6) == (murmur2(b"app-1") & 0x7FFFFFFF) % 6
 
 
 def test_a_batch_over_the_record_limit_is_split_with_stable_ids() -> None:
     events = [dict(EVENTS[0], call_index=i, user_agent="x" * 1000) for i in range(40)]
     records = partitioned_records(events, partitions=1, call_id="call", producer_id="p", max_record_bytes=10_000)
-    assert len(records) > 1 and all(len(v) <= 10_000 for _, _, v in records)
-    ids = [i for _, i, _ in records]
+    assert len(records) > 1 and all(len(r.value) <= 10_000 for r in records)
+    ids = [r.batch_id for r in records]
     assert ids == [f"call.{k}" for k in range(len(records))]
-    batches = [cols_pb.UsageEventColumns.FromString(v) for _, _, v in records]
+    batches = [cols_pb.UsageEventColumns.FromString(r.value) for r in records]
+    assert [b.count for b in batches] == [r.events for r in records]
     assert [b.header.call_id for b in batches] == ids
     assert sorted(i for b in batches for i in b.call_index) == list(range(40))
     again = partitioned_records(events, partitions=1, call_id="call", producer_id="p", max_record_bytes=10_000)
-    assert [(i, cols_pb.UsageEventColumns.FromString(v).call_index) for _, i, v in again] == \
+    assert [(r.batch_id, cols_pb.UsageEventColumns.FromString(r.value).call_index) for r in again] == \
         [(b.header.call_id, b.call_index) for b in batches]
