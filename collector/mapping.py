@@ -310,9 +310,9 @@ class InstanceMapper:
         if mapping.properties:
             props = {}
             for dim, key in mapping.properties:
-                if dims.get(dim) is not None:
+                if (x := dims.get(dim)) is not None:
                     try:
-                        props[key] = as_text(dims[dim])
+                        props[key] = as_text(x)
                     except ValueKindError as exc:
                         raise InstanceRejected(RejectCode.WRONG_VALUE_KIND, f"{dim}: {exc}") from exc
             if props:

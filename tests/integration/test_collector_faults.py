@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,23 +88,34 @@ def _subscriptions(tmp_path: Path) -> Path:
     return path
 
 
-def _collector(broker: PrivateBroker, topic: str, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    target = f"127.0.0.1:{_free_port()}"
-    proc = start_collector(target, broker.bootstrap, topic, _subscriptions(tmp_path), tmp_path / "collector.log",
-                           extra_args=["--ack-timeout-s", "2", *extra])
-    return proc, target
+class CollectorProcess:
+    """A real collector process, with its Prometheus endpoint for the test to read."""
 
+    def __init__(self, broker: PrivateBroker, topic: str, tmp_path: Path, *extra: str) -> None:
+        self.target = f"127.0.0.1:{_free_port()}"
+        self.metrics = f"127.0.0.1:{_free_port()}"
+        self.proc = start_collector(self.target, broker.bootstrap, topic, _subscriptions(tmp_path),
+                                    tmp_path / "collector.log", metrics_listen=self.metrics,
+                                    extra_args=["--ack-timeout-s", "2", *extra])
 
-def _wait_drained(tmp_path: Path, timeout_s: float = 120.0) -> None:
-    """The collector's spool is durable: before comparing, let it reach Kafka."""
-    deadline = time.monotonic() + timeout_s
-    log = tmp_path / "collector.log"
-    while time.monotonic() < deadline:
-        text = log.read_text()
-        if text.count("spool drained") >= 1 and text.rfind("spool drained") > text.rfind("spooling"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"spool not drained after {timeout_s}s; see {log}")
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} not exported")
+
+    def wait_drained(self, timeout_s: float = 120.0) -> None:
+        """The spool is durable: before comparing, let what it holds reach Kafka."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.metric("apim_collector_spool_depth_records") == 0 and self.metric("apim_collector_spooling") == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"spool not drained after {timeout_s}s")
+
+    def stop(self) -> None:
+        stop_collector(self.proc)
 
 
 def _pipeline(broker: PrivateBroker, topic: str, store: str) -> None:
@@ -113,7 +125,8 @@ def _pipeline(broker: PrivateBroker, topic: str, store: str) -> None:
 def test_broker_killed_twice_mid_stream_every_event_exactly_once(broker: PrivateBroker, tmp_path: Path) -> None:
     topic = "usage.faults"
     store = f"sqlite:///{tmp_path / 'store.db'}"
-    proc, target = _collector(broker, topic, tmp_path)
+    collector = CollectorProcess(broker, topic, tmp_path)
+    target = collector.target
     outcome: dict[str, object] = {}
 
     def send() -> None:
@@ -132,14 +145,14 @@ def test_broker_killed_twice_mid_stream_every_event_exactly_once(broker: Private
             broker.start()
         sender.join(120)
         assert not sender.is_alive()
-        _wait_drained(tmp_path)
+        # the broker was really away while calls arrived: their records went to the spool
+        assert collector.metric("apim_collector_records_spooled_total") > 0
+        collector.wait_drained()
     finally:
-        stop_collector(proc)
+        collector.stop()
     report, truth = outcome["report"], outcome["truth"]
     assert report.failures == 0  # type: ignore[attr-defined]
     assert report.instances == 30_000  # type: ignore[attr-defined]
-    log = (tmp_path / "collector.log").read_text()
-    assert "spooling" in log  # the broker was really away while calls arrived
     _pipeline(broker, topic, store)
     result = compare(store, truth)  # type: ignore[arg-type]
     assert result.exact, result.describe()
@@ -149,22 +162,24 @@ def test_broker_killed_twice_mid_stream_every_event_exactly_once(broker: Private
 def test_collector_sigkilled_holding_a_spool_loses_nothing(broker: PrivateBroker, tmp_path: Path) -> None:
     topic = "usage.spool"
     store = f"sqlite:///{tmp_path / 'store.db'}"
-    proc, target = _collector(broker, topic, tmp_path)
+    collector = CollectorProcess(broker, topic, tmp_path)
     broker.kill()  # Kafka goes away; the collector must spool
-    config = SimulationConfig(target=target, rate=100.0, duration=100.0, start=START_MS, seed=SEED,
+    config = SimulationConfig(target=collector.target, rate=100.0, duration=100.0, start=START_MS, seed=SEED,
                               batch_size=100, concurrency=4, ground_truth=None)
     report, truth = simulate(config)
     assert (report.failures, report.instances) == (0, 10_000)
     spool = tmp_path / "spool"
     assert any(spool.glob("*.seg")), "calls were answered, so their events must be in the spool"
-    proc.send_signal(signal.SIGKILL)  # no graceful shutdown, no flush
-    proc.wait()
+    assert collector.metric("apim_collector_spool_depth_records") > 0
+    collector.proc.send_signal(signal.SIGKILL)  # no graceful shutdown, no flush
+    collector.proc.wait()
     broker.start()
-    proc, _ = _collector(broker, topic, tmp_path)  # same spool folder: drains on start
+    collector = CollectorProcess(broker, topic, tmp_path)  # same spool folder: drains on start
     try:
-        _wait_drained(tmp_path)
+        collector.wait_drained()
+        assert collector.metric("apim_collector_records_drained_total") > 0
     finally:
-        stop_collector(proc)
+        collector.stop()
     _pipeline(broker, topic, store)
     result = compare(store, truth)
     assert result.exact, result.describe()
@@ -174,7 +189,8 @@ def test_collector_sigkilled_holding_a_spool_loses_nothing(broker: PrivateBroker
 def test_full_spool_refuses_with_unavailable_and_drops_nothing(broker: PrivateBroker, tmp_path: Path) -> None:
     topic = "usage.full"
     store = f"sqlite:///{tmp_path / 'store.db'}"
-    proc, target = _collector(broker, topic, tmp_path, "--spool-max-mb", "1")
+    collector = CollectorProcess(broker, topic, tmp_path, "--spool-max-mb", "1")
+    target = collector.target
     catalog = build_catalog(seed=SEED)
     credentials = Credentials(catalog, SigningKey.generate(), start_ms=START_MS, duration_s=60)
     requests = list(build_requests(generate(catalog, rate=100.0, duration_s=60.0, start_ms=START_MS, seed=SEED,
@@ -205,9 +221,9 @@ def test_full_spool_refuses_with_unavailable_and_drops_nothing(broker: PrivateBr
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE
                     time.sleep(0.5)
             assert not pending
-        _wait_drained(tmp_path)
+        collector.wait_drained()
     finally:
-        stop_collector(proc)
+        collector.stop()
     _pipeline(broker, topic, store)
     from simulator.ground_truth import GroundTruth
 
