@@ -28,6 +28,15 @@ for _name, _fd in EVENT_FIELDS.items():
     _DEFAULTS[_name] = {FieldDescriptor.TYPE_STRING: "", FieldDescriptor.TYPE_BOOL: False,
                         FieldDescriptor.TYPE_DOUBLE: 0.0}.get(_fd.type, 0)
 _COLUMN_FIELDS = tuple(n for n in _DEFAULTS if n != "event_id")
+_STRING_FIELDS = frozenset(n for n, fd in EVENT_FIELDS.items() if fd.type == FieldDescriptor.TYPE_STRING)
+
+
+def _fill_strings(column: cols_pb.StringColumn, values: Sequence[str]) -> None:
+    """Dictionary-encode one string column: distinct values once, a code per event."""
+    index: dict[str, int] = {}
+    codes = [index.setdefault(v, len(index)) for v in values]
+    column.values.extend(index)
+    column.codes.extend(codes)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -49,9 +58,13 @@ def build_columns(events: Sequence[dict[str, Any]], *, call_id: str, producer_id
     for name in _COLUMN_FIELDS:
         if name in present:
             default = _DEFAULTS[name]
-            getattr(batch, name).extend([e.get(name, default) for e in events])
+            values = [e.get(name, default) for e in events]
+            if name in _STRING_FIELDS:
+                _fill_strings(getattr(batch, name), values)
+            else:
+                getattr(batch, name).extend(values)
     if "properties" in present:
-        batch.properties_json.extend([properties_json(e) for e in events])
+        _fill_strings(batch.properties_json, [properties_json(e) for e in events])
     batch.source.extend([pb.MIXER_METRIC_ADAPTER] * len(events))
     return batch
 
@@ -109,12 +122,17 @@ def rows(batch: cols_pb.UsageEventColumns) -> list[pb.UsageEvent]:
     n = batch.count
     columns = {}
     for fd in cols_pb.UsageEventColumns.DESCRIPTOR.fields:
-        if fd.is_repeated and fd.name != "call_index":
+        if fd.name in ("call_index", "count", "header"):
+            continue
+        if fd.message_type is not None:
+            column = getattr(batch, fd.name)
+            values = [column.values[c] for c in column.codes]
+        else:
             values = list(getattr(batch, fd.name))
-            if values:
-                if len(values) != n:
-                    raise ValueError(f"column {fd.name} has {len(values)} entries, batch has {n}")
-                columns[fd.name] = values
+        if values:
+            if len(values) != n:
+                raise ValueError(f"column {fd.name} has {len(values)} entries, batch has {n}")
+            columns[fd.name] = values
     out = []
     for i in range(n):
         ev = pb.UsageEvent()

@@ -21,12 +21,11 @@ from typing import Any
 from kafka import KafkaProducer
 
 from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
-from schemas.apim.usage.v1.usage_event_columns_pb2 import UsageEventColumns
+from schemas.record_format import USAGE_RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
-# The "schema" header names the record's message type, straight from the contract.
-USAGE_SCHEMA = UsageEventColumns.DESCRIPTOR.full_name.encode()
+USAGE_SCHEMA = USAGE_RECORD_SCHEMA
 DEAD_LETTER_SCHEMA = DeadLetter.DESCRIPTOR.full_name.encode()
 
 

@@ -45,9 +45,11 @@ _SCALARS = {1: "double", 2: "float", 3: "int64", 4: "uint64", 5: "int32", 8: "bo
 def columns_proto_text() -> str:
     """The text of usage_event_columns.proto, derived from UsageEvent's descriptor.
 
-    Every UsageEvent field becomes a repeated column with the same name and
-    number; the map ``properties`` becomes a column of JSON objects. So the
-    columnar record format can never drift from the row contract.
+    Every UsageEvent field becomes a column with the same name and number:
+    scalars and enums a repeated (packed) field, strings a dictionary-encoded
+    ``StringColumn``, the map ``properties`` a ``StringColumn`` of JSON
+    objects. So the columnar record format can never drift from the row
+    contract.
     """
     import tempfile
 
@@ -72,11 +74,23 @@ def columns_proto_text() -> str:
         "",
         f"import \"{USAGE_EVENT_PROTO}\";",
         "",
+        "// A string column, dictionary-encoded: event i's value is values[codes[i]].",
+        "// Within one call most string fields repeat (API, tier, method, application),",
+        "// so a record carries each distinct string once, and a consumer maps a few",
+        "// distinct values instead of one string per event.",
+        "message StringColumn {",
+        "  // The distinct values, in first-seen order.",
+        "  repeated string values = 1;",
+        "  // One index into values per event.",
+        "  repeated uint32 codes = 2;",
+        "}",
+        "",
         "// The record format on the usage topic: a batch of UsageEvents stored column by",
-        "// column. Column i of every non-empty column belongs to event i; an empty column",
+        "// column. Entry i of every non-empty column belongs to event i; an empty column",
         "// means the field has its default value in every event of the batch. Columns let",
         "// producers and consumers move whole batches through C-level repeated fields",
-        "// instead of one Python object per event and field.",
+        "// instead of one Python object per event and field. Records carry the header",
+        "// schema=\"apim.usage.v1.UsageEventColumns;format=2\" (schemas/record_format.py).",
         "message UsageEventColumns {",
         "  // Number of events in the batch.",
         "  int32 count = 1000;",
@@ -88,10 +102,13 @@ def columns_proto_text() -> str:
     for f in event.field:
         if f.type == descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE:  # the properties map
             lines.append(f"  // UsageEvent.{f.name} as a JSON object per event (\"\" for none).")
-            lines.append(f"  repeated string {f.name}_json = {f.number};")
+            lines.append(f"  StringColumn {f.name}_json = {f.number};")
             continue
         if f.type == descriptor_pb2.FieldDescriptorProto.TYPE_ENUM:
             type_name = f.type_name.rsplit(".", 1)[1]
+        elif f.type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
+            lines.append(f"  StringColumn {f.name} = {f.number};")
+            continue
         else:
             type_name = _SCALARS[f.type]
         lines.append(f"  repeated {type_name} {f.name} = {f.number};")

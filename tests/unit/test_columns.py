@@ -22,9 +22,18 @@ def test_every_event_field_is_a_column_with_the_same_number() -> None:
         name = f"{f.name}_json" if f.type == FieldDescriptor.TYPE_MESSAGE else f.name
         col = columns[name]
         assert col.number == f.number
-        assert col.is_repeated
-        if f.type != FieldDescriptor.TYPE_MESSAGE:
-            assert col.type == f.type
+        if f.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING):
+            assert col.message_type is cols_pb.StringColumn.DESCRIPTOR  # dictionary-encoded
+        else:
+            assert col.is_repeated and col.type == f.type
+
+
+def test_string_columns_carry_each_distinct_value_once() -> None:
+    events = [dict(EVENTS[i % 2], call_index=i) for i in range(6)]
+    batch = build_columns(events, call_id="c", producer_id="p")
+    assert list(batch.api_name.values) == ["A", "B"]
+    assert list(batch.api_name.codes) == [0, 1, 0, 1, 0, 1]
+    assert (len(batch.properties_json.values), list(batch.properties_json.codes)) == (2, [0, 1, 0, 1, 0, 1])
 
 
 EVENTS = [
@@ -40,7 +49,7 @@ def test_columns_round_trip_to_rows() -> None:
     batch = cols_pb.UsageEventColumns.FromString(
         build_columns(EVENTS, call_id="abc", producer_id="p", produced_ms=5).SerializeToString())
     assert (batch.count, batch.header.call_id, list(batch.call_index)) == (2, "abc", [0, 3])
-    assert list(batch.user_agent) == []  # a column no event sets stays empty
+    assert not batch.HasField("user_agent")  # a column no event sets stays empty
     first, second = rows(batch)
     assert (first.event_id, first.api_name, first.key_type, first.response_latency_ms, dict(first.properties)) == (
         "abc/0", "A", pb.SANDBOX, 1.5, {"k": "v"})
@@ -58,14 +67,14 @@ def test_an_application_always_lands_on_one_partition() -> None:
     for r in records:
         batch = cols_pb.UsageEventColumns.FromString(r.value)
         assert batch.count == r.events
-        assert {partition_for(app, 6) for app in batch.application_id} == {r.partition}
+        assert {partition_for(app, 6) for app in batch.application_id.values} == {r.partition}
     # the hash is Kafka's default partitioner (murmur2 of the key), not Python's salted hash()
     from kafka.partitioner.default import murmur2
     assert partition_for("app-1", 6) == (murmur2(b"app-1") & 0x7FFFFFFF) % 6
 
 
 def test_a_batch_over_the_record_limit_is_split_with_stable_ids() -> None:
-    events = [dict(EVENTS[0], call_index=i, user_agent="x" * 1000) for i in range(40)]
+    events = [dict(EVENTS[0], call_index=i, user_agent=f"{i:03d}" + "x" * 1000) for i in range(40)]
     records = partitioned_records(events, partitions=1, call_id="call", producer_id="p", max_record_bytes=10_000)
     assert len(records) > 1 and all(len(r.value) <= 10_000 for r in records)
     ids = [r.batch_id for r in records]

@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class StringColumn(_message.Message):
+    __slots__ = ("values", "codes")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[str]] = ..., codes: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class UsageEventColumns(_message.Message):
     __slots__ = ("count", "header", "call_index", "event_id", "source", "source_instance", "request_timestamp_ms", "response_timestamp_ms", "collected_timestamp_ms", "correlation_id", "api_name", "api_version", "api_context", "api_resource_template", "api_resource_path", "api_method", "api_creator", "api_creator_tenant_domain", "api_hostname", "api_id", "application_id", "application_name", "application_owner", "consumer_key", "key_type", "subscription_tier", "application_tier", "credential_kind", "credential_hash", "user_name", "user_tenant_domain", "user_ip", "user_agent", "response_code", "target_response_code", "throttled_out", "throttled_out_reason", "fault", "error_code", "error_message", "error_type", "response_cache_hit", "response_latency_ms", "backend_latency_ms", "security_latency_ms", "throttling_latency_ms", "request_mediation_latency_ms", "response_mediation_latency_ms", "request_size_bytes", "response_size_bytes", "destination", "protocol", "gateway_type", "region_id", "source_workload", "source_namespace", "source_principal", "destination_workload", "destination_namespace", "destination_service", "destination_principal", "reporter", "properties_json")
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -75,44 +83,44 @@ class UsageEventColumns(_message.Message):
     count: int
     header: _usage_event_pb2.BatchHeader
     call_index: _containers.RepeatedScalarFieldContainer[int]
-    event_id: _containers.RepeatedScalarFieldContainer[str]
+    event_id: StringColumn
     source: _containers.RepeatedScalarFieldContainer[_usage_event_pb2.EventSource]
-    source_instance: _containers.RepeatedScalarFieldContainer[str]
+    source_instance: StringColumn
     request_timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
     response_timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
     collected_timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
-    correlation_id: _containers.RepeatedScalarFieldContainer[str]
-    api_name: _containers.RepeatedScalarFieldContainer[str]
-    api_version: _containers.RepeatedScalarFieldContainer[str]
-    api_context: _containers.RepeatedScalarFieldContainer[str]
-    api_resource_template: _containers.RepeatedScalarFieldContainer[str]
-    api_resource_path: _containers.RepeatedScalarFieldContainer[str]
-    api_method: _containers.RepeatedScalarFieldContainer[str]
-    api_creator: _containers.RepeatedScalarFieldContainer[str]
-    api_creator_tenant_domain: _containers.RepeatedScalarFieldContainer[str]
-    api_hostname: _containers.RepeatedScalarFieldContainer[str]
-    api_id: _containers.RepeatedScalarFieldContainer[str]
-    application_id: _containers.RepeatedScalarFieldContainer[str]
-    application_name: _containers.RepeatedScalarFieldContainer[str]
-    application_owner: _containers.RepeatedScalarFieldContainer[str]
-    consumer_key: _containers.RepeatedScalarFieldContainer[str]
+    correlation_id: StringColumn
+    api_name: StringColumn
+    api_version: StringColumn
+    api_context: StringColumn
+    api_resource_template: StringColumn
+    api_resource_path: StringColumn
+    api_method: StringColumn
+    api_creator: StringColumn
+    api_creator_tenant_domain: StringColumn
+    api_hostname: StringColumn
+    api_id: StringColumn
+    application_id: StringColumn
+    application_name: StringColumn
+    application_owner: StringColumn
+    consumer_key: StringColumn
     key_type: _containers.RepeatedScalarFieldContainer[_usage_event_pb2.KeyType]
-    subscription_tier: _containers.RepeatedScalarFieldContainer[str]
-    application_tier: _containers.RepeatedScalarFieldContainer[str]
+    subscription_tier: StringColumn
+    application_tier: StringColumn
     credential_kind: _containers.RepeatedScalarFieldContainer[_usage_event_pb2.CredentialKind]
-    credential_hash: _containers.RepeatedScalarFieldContainer[str]
-    user_name: _containers.RepeatedScalarFieldContainer[str]
-    user_tenant_domain: _containers.RepeatedScalarFieldContainer[str]
-    user_ip: _containers.RepeatedScalarFieldContainer[str]
-    user_agent: _containers.RepeatedScalarFieldContainer[str]
+    credential_hash: StringColumn
+    user_name: StringColumn
+    user_tenant_domain: StringColumn
+    user_ip: StringColumn
+    user_agent: StringColumn
     response_code: _containers.RepeatedScalarFieldContainer[int]
     target_response_code: _containers.RepeatedScalarFieldContainer[int]
     throttled_out: _containers.RepeatedScalarFieldContainer[bool]
-    throttled_out_reason: _containers.RepeatedScalarFieldContainer[str]
+    throttled_out_reason: StringColumn
     fault: _containers.RepeatedScalarFieldContainer[bool]
     error_code: _containers.RepeatedScalarFieldContainer[int]
-    error_message: _containers.RepeatedScalarFieldContainer[str]
-    error_type: _containers.RepeatedScalarFieldContainer[str]
+    error_message: StringColumn
+    error_type: StringColumn
     response_cache_hit: _containers.RepeatedScalarFieldContainer[bool]
     response_latency_ms: _containers.RepeatedScalarFieldContainer[float]
     backend_latency_ms: _containers.RepeatedScalarFieldContainer[float]
@@ -122,17 +130,17 @@ class UsageEventColumns(_message.Message):
     response_mediation_latency_ms: _containers.RepeatedScalarFieldContainer[float]
     request_size_bytes: _containers.RepeatedScalarFieldContainer[int]
     response_size_bytes: _containers.RepeatedScalarFieldContainer[int]
-    destination: _containers.RepeatedScalarFieldContainer[str]
-    protocol: _containers.RepeatedScalarFieldContainer[str]
-    gateway_type: _containers.RepeatedScalarFieldContainer[str]
-    region_id: _containers.RepeatedScalarFieldContainer[str]
-    source_workload: _containers.RepeatedScalarFieldContainer[str]
-    source_namespace: _containers.RepeatedScalarFieldContainer[str]
-    source_principal: _containers.RepeatedScalarFieldContainer[str]
-    destination_workload: _containers.RepeatedScalarFieldContainer[str]
-    destination_namespace: _containers.RepeatedScalarFieldContainer[str]
-    destination_service: _containers.RepeatedScalarFieldContainer[str]
-    destination_principal: _containers.RepeatedScalarFieldContainer[str]
-    reporter: _containers.RepeatedScalarFieldContainer[str]
-    properties_json: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, count: _Optional[int] = ..., header: _Optional[_Union[_usage_event_pb2.BatchHeader, _Mapping]] = ..., call_index: _Optional[_Iterable[int]] = ..., event_id: _Optional[_Iterable[str]] = ..., source: _Optional[_Iterable[_Union[_usage_event_pb2.EventSource, str]]] = ..., source_instance: _Optional[_Iterable[str]] = ..., request_timestamp_ms: _Optional[_Iterable[int]] = ..., response_timestamp_ms: _Optional[_Iterable[int]] = ..., collected_timestamp_ms: _Optional[_Iterable[int]] = ..., correlation_id: _Optional[_Iterable[str]] = ..., api_name: _Optional[_Iterable[str]] = ..., api_version: _Optional[_Iterable[str]] = ..., api_context: _Optional[_Iterable[str]] = ..., api_resource_template: _Optional[_Iterable[str]] = ..., api_resource_path: _Optional[_Iterable[str]] = ..., api_method: _Optional[_Iterable[str]] = ..., api_creator: _Optional[_Iterable[str]] = ..., api_creator_tenant_domain: _Optional[_Iterable[str]] = ..., api_hostname: _Optional[_Iterable[str]] = ..., api_id: _Optional[_Iterable[str]] = ..., application_id: _Optional[_Iterable[str]] = ..., application_name: _Optional[_Iterable[str]] = ..., application_owner: _Optional[_Iterable[str]] = ..., consumer_key: _Optional[_Iterable[str]] = ..., key_type: _Optional[_Iterable[_Union[_usage_event_pb2.KeyType, str]]] = ..., subscription_tier: _Optional[_Iterable[str]] = ..., application_tier: _Optional[_Iterable[str]] = ..., credential_kind: _Optional[_Iterable[_Union[_usage_event_pb2.CredentialKind, str]]] = ..., credential_hash: _Optional[_Iterable[str]] = ..., user_name: _Optional[_Iterable[str]] = ..., user_tenant_domain: _Optional[_Iterable[str]] = ..., user_ip: _Optional[_Iterable[str]] = ..., user_agent: _Optional[_Iterable[str]] = ..., response_code: _Optional[_Iterable[int]] = ..., target_response_code: _Optional[_Iterable[int]] = ..., throttled_out: _Optional[_Iterable[bool]] = ..., throttled_out_reason: _Optional[_Iterable[str]] = ..., fault: _Optional[_Iterable[bool]] = ..., error_code: _Optional[_Iterable[int]] = ..., error_message: _Optional[_Iterable[str]] = ..., error_type: _Optional[_Iterable[str]] = ..., response_cache_hit: _Optional[_Iterable[bool]] = ..., response_latency_ms: _Optional[_Iterable[float]] = ..., backend_latency_ms: _Optional[_Iterable[float]] = ..., security_latency_ms: _Optional[_Iterable[float]] = ..., throttling_latency_ms: _Optional[_Iterable[float]] = ..., request_mediation_latency_ms: _Optional[_Iterable[float]] = ..., response_mediation_latency_ms: _Optional[_Iterable[float]] = ..., request_size_bytes: _Optional[_Iterable[int]] = ..., response_size_bytes: _Optional[_Iterable[int]] = ..., destination: _Optional[_Iterable[str]] = ..., protocol: _Optional[_Iterable[str]] = ..., gateway_type: _Optional[_Iterable[str]] = ..., region_id: _Optional[_Iterable[str]] = ..., source_workload: _Optional[_Iterable[str]] = ..., source_namespace: _Optional[_Iterable[str]] = ..., source_principal: _Optional[_Iterable[str]] = ..., destination_workload: _Optional[_Iterable[str]] = ..., destination_namespace: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., destination_principal: _Optional[_Iterable[str]] = ..., reporter: _Optional[_Iterable[str]] = ..., properties_json: _Optional[_Iterable[str]] = ...) -> None: ...
+    destination: StringColumn
+    protocol: StringColumn
+    gateway_type: StringColumn
+    region_id: StringColumn
+    source_workload: StringColumn
+    source_namespace: StringColumn
+    source_principal: StringColumn
+    destination_workload: StringColumn
+    destination_namespace: StringColumn
+    destination_service: StringColumn
+    destination_principal: StringColumn
+    reporter: StringColumn
+    properties_json: StringColumn
+    def __init__(self, count: _Optional[int] = ..., header: _Optional[_Union[_usage_event_pb2.BatchHeader, _Mapping]] = ..., call_index: _Optional[_Iterable[int]] = ..., event_id: _Optional[_Union[StringColumn, _Mapping]] = ..., source: _Optional[_Iterable[_Union[_usage_event_pb2.EventSource, str]]] = ..., source_instance: _Optional[_Union[StringColumn, _Mapping]] = ..., request_timestamp_ms: _Optional[_Iterable[int]] = ..., response_timestamp_ms: _Optional[_Iterable[int]] = ..., collected_timestamp_ms: _Optional[_Iterable[int]] = ..., correlation_id: _Optional[_Union[StringColumn, _Mapping]] = ..., api_name: _Optional[_Union[StringColumn, _Mapping]] = ..., api_version: _Optional[_Union[StringColumn, _Mapping]] = ..., api_context: _Optional[_Union[StringColumn, _Mapping]] = ..., api_resource_template: _Optional[_Union[StringColumn, _Mapping]] = ..., api_resource_path: _Optional[_Union[StringColumn, _Mapping]] = ..., api_method: _Optional[_Union[StringColumn, _Mapping]] = ..., api_creator: _Optional[_Union[StringColumn, _Mapping]] = ..., api_creator_tenant_domain: _Optional[_Union[StringColumn, _Mapping]] = ..., api_hostname: _Optional[_Union[StringColumn, _Mapping]] = ..., api_id: _Optional[_Union[StringColumn, _Mapping]] = ..., application_id: _Optional[_Union[StringColumn, _Mapping]] = ..., application_name: _Optional[_Union[StringColumn, _Mapping]] = ..., application_owner: _Optional[_Union[StringColumn, _Mapping]] = ..., consumer_key: _Optional[_Union[StringColumn, _Mapping]] = ..., key_type: _Optional[_Iterable[_Union[_usage_event_pb2.KeyType, str]]] = ..., subscription_tier: _Optional[_Union[StringColumn, _Mapping]] = ..., application_tier: _Optional[_Union[StringColumn, _Mapping]] = ..., credential_kind: _Optional[_Iterable[_Union[_usage_event_pb2.CredentialKind, str]]] = ..., credential_hash: _Optional[_Union[StringColumn, _Mapping]] = ..., user_name: _Optional[_Union[StringColumn, _Mapping]] = ..., user_tenant_domain: _Optional[_Union[StringColumn, _Mapping]] = ..., user_ip: _Optional[_Union[StringColumn, _Mapping]] = ..., user_agent: _Optional[_Union[StringColumn, _Mapping]] = ..., response_code: _Optional[_Iterable[int]] = ..., target_response_code: _Optional[_Iterable[int]] = ..., throttled_out: _Optional[_Iterable[bool]] = ..., throttled_out_reason: _Optional[_Union[StringColumn, _Mapping]] = ..., fault: _Optional[_Iterable[bool]] = ..., error_code: _Optional[_Iterable[int]] = ..., error_message: _Optional[_Union[StringColumn, _Mapping]] = ..., error_type: _Optional[_Union[StringColumn, _Mapping]] = ..., response_cache_hit: _Optional[_Iterable[bool]] = ..., response_latency_ms: _Optional[_Iterable[float]] = ..., backend_latency_ms: _Optional[_Iterable[float]] = ..., security_latency_ms: _Optional[_Iterable[float]] = ..., throttling_latency_ms: _Optional[_Iterable[float]] = ..., request_mediation_latency_ms: _Optional[_Iterable[float]] = ..., response_mediation_latency_ms: _Optional[_Iterable[float]] = ..., request_size_bytes: _Optional[_Iterable[int]] = ..., response_size_bytes: _Optional[_Iterable[int]] = ..., destination: _Optional[_Union[StringColumn, _Mapping]] = ..., protocol: _Optional[_Union[StringColumn, _Mapping]] = ..., gateway_type: _Optional[_Union[StringColumn, _Mapping]] = ..., region_id: _Optional[_Union[StringColumn, _Mapping]] = ..., source_workload: _Optional[_Union[StringColumn, _Mapping]] = ..., source_namespace: _Optional[_Union[StringColumn, _Mapping]] = ..., source_principal: _Optional[_Union[StringColumn, _Mapping]] = ..., destination_workload: _Optional[_Union[StringColumn, _Mapping]] = ..., destination_namespace: _Optional[_Union[StringColumn, _Mapping]] = ..., destination_service: _Optional[_Union[StringColumn, _Mapping]] = ..., destination_principal: _Optional[_Union[StringColumn, _Mapping]] = ..., reporter: _Optional[_Union[StringColumn, _Mapping]] = ..., properties_json: _Optional[_Union[StringColumn, _Mapping]] = ...) -> None: ...
