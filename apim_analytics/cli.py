@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--replace", action="store_true", help="drop entries not in the file")
     load.set_defaults(func=_subscriptions_load)
 
+    from apim_analytics import store_cli
+    store_cli.add_parser(sub)
     demo = sub.add_parser("demo", help="run everything end to end into SQLite and print a usage summary")
     from apim_analytics.demo import add_arguments as demo_arguments
 
