@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -53,13 +53,13 @@ def _format(args: argparse.Namespace) -> str:
 def _now(args: argparse.Namespace) -> datetime:
     """``--now`` as naive UTC; an offset is honoured, no offset means UTC."""
     if args.now is None:
-        return datetime.now(timezone.utc).replace(tzinfo=None)
+        return datetime.now(UTC).replace(tzinfo=None)
     try:
         ts = datetime.fromisoformat(args.now)
     except ValueError:
         raise SettingsError(f"--now: {args.now!r} is not an ISO-8601 timestamp (e.g. 2024-05-01T12:30:00Z)") \
             from None
-    return ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo is not None else ts
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
 
 
 def _safe_url(url: str) -> str:
@@ -145,8 +145,8 @@ def _throttled(args: argparse.Namespace) -> int:
 
 
 def _policies_load(args: argparse.Namespace) -> int:
-    from store.throttle import PolicyError, ensure_default_policies, load_policies, load_policies_file, \
-        store_policies
+    from store.throttle import (PolicyError, ensure_default_policies, load_policies, load_policies_file,
+                                store_policies)
 
     with _store(args.store) as engine:
         ensure_default_policies(engine)

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -148,7 +148,7 @@ def api_key(api_context: str, api_version: str) -> str:
 
 def _naive_utc(ts: datetime) -> datetime:
     """Naive UTC, the store's convention; an aware timestamp is converted rather than misread."""
-    return ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo is not None else ts
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
 
 
 def window_for(policy: ThrottlePolicy, ts: datetime) -> tuple[str, datetime, datetime]:
@@ -383,8 +383,11 @@ def apply_counts(conn: Connection, counts: Sequence[ThrottleCount], *, now: date
     Counts are first summed per counter row in memory: fewer statements, and
     PostgreSQL refuses an upsert that hits the same row twice. Each touched
     key's decision is then recomputed from its latest stored window, not this
-    batch's, so late events never move a decision back in time. Rows are
-    written sorted by key so concurrent writers lock in the same order.
+    batch's, so late events never move a decision back in time. A key's
+    current policy is the one carried by its latest-minute count in this call
+    (a tier change applies from then on). Rows are written sorted by key so
+    concurrent writers lock in the same order. Counters keep the policy name
+    they were first created under (the additive upsert adds measures only).
 
     Returns:
         The number of counter rows written.
@@ -515,6 +518,8 @@ def throttle_status(engine_or_conn: Engine | Connection, level: str, throttle_ke
       (subscription and application tiers only arrive with traffic), except
       an api key with an assignment, which reports that policy and its quota.
       A key with no policy is unlimited and its window is the current minute.
+    - A ``now`` before the decision's window (a look into the past) is
+      answered with the latest decision: past windows' decisions are not kept.
 
     Raises:
         ValueError: unknown level.
