@@ -6,11 +6,14 @@ The commit protocol, in this order, all inside ONE database transaction:
    PostgreSQL; ``BEGIN IMMEDIATE`` holds SQLite's write lock).
 2. Check that every partition's stored offset still equals the run's planned
    start. If another run got there first, abort: nothing is written.
-3. Add the aggregates into the usage tables (additive upserts).
+3. Merge the facts into every analytics table (sums added, minima/maxima
+   kept), the catalogs, the cardinality guard's tables, and the throttle
+   counters and decisions.
 4. Record the producer calls counted by this run in ``seen_batches`` (and
    forget those older than the dedup horizon), so a call delivered twice is
    not counted again by a later run.
-5. Move every partition's offset to the run's planned end.
+5. Move every partition's offset to the run's planned end, and log the run in
+   ``pipeline_runs``.
 6. Commit. Only then, outside the transaction, an advisory Kafka commit for
    lag dashboards (the store's offsets always win on restart).
 
@@ -21,17 +24,19 @@ ranges again; a crash after it finds the offsets moved and reads on from there.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-import apache_beam as beam
+import pandas as pd
 from sqlalchemy import Connection, Engine, delete, select
 
-from pipeline.aggregate import MEASURE_NAMES, Measures, UsageKey
+from pipeline.aggregate import RunFacts
 from pipeline.kafka_source import OffsetRange
-from store.engine import make_engine
-from store.tables import USAGE_KEY_COLUMNS, USAGE_MEASURE_COLUMNS, seen_batches, source_offsets, usage_minute
-from store.upsert import additive_upsert, replace_upsert
+from store import tables as t
+from store.throttle import ThrottleCount, apply_counts
+from store.upsert import merge_upsert, replace_upsert
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +45,51 @@ class ConcurrentRunError(RuntimeError):
     """Another pipeline run moved the offsets since this run was planned; it must not commit."""
 
 
+@dataclass(frozen=True)
+class RunCounts:
+    """What the run read, for the ``pipeline_runs`` audit row."""
+
+    records: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+
 def utc_from_ms(ms: int) -> dt.datetime:
     """Naive UTC datetime (the store's convention) from epoch milliseconds."""
-    return dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ms)
+    return dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=int(ms))
+
+
+def run_id(plan: Sequence[OffsetRange]) -> str:
+    """A run's identity: the digest of its planned ranges (a replay of the same ranges has the same id)."""
+    text = ";".join(f"{r.topic}/{r.partition}/{r.start}/{r.end}" for r in sorted(plan))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def stored_offsets(engine: Engine, topic: str) -> dict[int, int]:
     """The next offset to read per partition, as committed in the store."""
     with engine.connect() as conn:
-        rows = conn.execute(select(source_offsets.c.partition, source_offsets.c.next_offset)
-                            .where(source_offsets.c.topic == topic))
+        rows = conn.execute(select(t.source_offsets.c.partition, t.source_offsets.c.next_offset)
+                            .where(t.source_offsets.c.topic == topic))
         return {int(p): int(o) for p, o in rows}
 
 
+def admitted_resources(engine: Engine) -> dict[tuple[str, str], frozenset[str]]:
+    """The cardinality guard's state: resources admitted per (api, version)."""
+    c = t.api_resources.c
+    out: dict[tuple[str, str], set[str]] = {}
+    with engine.connect() as conn:
+        for api, version, resource in conn.execute(select(c.api_name, c.api_version, c.resource_template)):
+            out.setdefault((api, version), set()).add(resource)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
 def _lock_and_check(conn: Connection, plan: Sequence[OffsetRange]) -> None:
+    so = t.source_offsets
     topics = sorted({r.topic for r in plan})
-    stmt = select(source_offsets.c.topic, source_offsets.c.partition, source_offsets.c.next_offset).where(
-        source_offsets.c.topic.in_(topics))
+    stmt = select(so.c.topic, so.c.partition, so.c.next_offset).where(so.c.topic.in_(topics))
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
-    current = {(t, int(p)): int(o) for t, p, o in conn.execute(stmt)}
+    current = {(tp, int(p)): int(o) for tp, p, o in conn.execute(stmt)}
     for r in plan:
         have = current.get((r.topic, r.partition))
         if have is not None and have != r.start:
@@ -67,57 +97,88 @@ def _lock_and_check(conn: Connection, plan: Sequence[OffsetRange]) -> None:
                 f"{r.topic}[{r.partition}] is at offset {have} in the store, this run planned {r.start}")
 
 
-def commit_run(engine: Engine, plan: Sequence[OffsetRange], aggregates: Iterable[tuple[UsageKey, Measures]],
-               new_calls: Iterable[tuple[str, int, str, int]] = (), dedup_horizon_s: float = 3600.0) -> int:
-    """Write one run's aggregates and offsets atomically (the protocol in the module docstring).
+def _rows(frame: pd.DataFrame, key: Sequence[str], times: Sequence[str] = ("bucket_ms",),
+          rename: dict[str, str] | None = None) -> list[dict]:
+    """A frame as upsert rows: epoch-ms columns become naive UTC datetimes, sorted by key (stable lock order)."""
+    if not len(frame):
+        return []
+    frame = frame.copy()
+    for col in times:
+        frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="ms").dt.to_pydatetime()
+    frame = frame.rename(columns={"bucket_ms": "bucket_start", **(rename or {})})
+    frame = frame.sort_values(list(key), kind="stable")
+    return frame.to_dict("records")
+
+
+def write_facts(conn: Connection, facts: RunFacts, *, now: dt.datetime, near_limit_ratio: float) -> int:
+    """Step 3 of the protocol: every fact table, in the caller's transaction. Returns rows written."""
+    written = 0
+    for granularity, frame in facts.usage.items():
+        written += merge_upsert(conn, t.USAGE_TABLES[granularity], _rows(frame, t.USAGE_KEY_COLUMNS),
+                                key=t.USAGE_KEY_COLUMNS, sums=t.USAGE_SUM_COLUMNS, mins=t.USAGE_MIN_COLUMNS,
+                                maxs=t.USAGE_MAX_COLUMNS)
+    written += merge_upsert(conn, t.usage_user_day, _rows(facts.user_day, t.USER_DAY_KEY_COLUMNS),
+                            key=t.USER_DAY_KEY_COLUMNS, sums=t.USER_DAY_SUM_COLUMNS)
+    dest_key = ("bucket_start", *t.DESTINATION_DIMENSIONS)
+    for granularity, frame in facts.destination.items():
+        written += merge_upsert(conn, t.DESTINATION_TABLES[granularity], _rows(frame, dest_key), key=dest_key,
+                                sums=t.DESTINATION_SUM_COLUMNS)
+    api_key = ("api_name", "api_version")
+    written += merge_upsert(conn, t.api_last_access,
+                            _rows(facts.last_access, api_key, ("last_ms",), {"last_ms": "last_access"}),
+                            key=api_key, maxs=("last_access",), latest=("api_context",), latest_by="last_access")
+    catalog_times = ("first_ms", "last_ms")
+    catalog_names = {"first_ms": "first_seen", "last_ms": "last_seen"}
+    written += merge_upsert(conn, t.api_catalog, _rows(facts.apis, api_key, catalog_times, catalog_names),
+                            key=api_key, mins=("first_seen",), maxs=("last_seen",),
+                            latest=("api_context", "api_id", "api_creator", "api_creator_tenant_domain"))
+    written += merge_upsert(conn, t.application_catalog,
+                            _rows(facts.applications, ("application_id",), catalog_times, catalog_names),
+                            key=("application_id",), mins=("first_seen",), maxs=("last_seen",),
+                            latest=("application_name", "application_owner", "application_tier"))
+    admitted = [{"api_name": a, "api_version": v, "resource_template": r, "first_seen": now}
+                for (a, v), resources in sorted(facts.admitted.items()) for r in sorted(resources)]
+    written += merge_upsert(conn, t.api_resources, admitted, key=("api_name", "api_version", "resource_template"),
+                            mins=("first_seen",))
+    fold_key = ("bucket_start", "api_name", "api_version")
+    written += merge_upsert(conn, t.resource_folds, _rows(facts.folds, fold_key), key=fold_key,
+                            sums=("folded_requests",))
+    counts = [ThrottleCount(level, key, policy, utc_from_ms(ms), int(req), int(nbytes))
+              for level, key, policy, ms, req, nbytes in facts.throttle[
+                  ["level", "throttle_key", "policy", "bucket_ms", "requests", "bytes"]].itertuples(index=False)]
+    written += apply_counts(conn, counts, now=now, near_limit_ratio=near_limit_ratio)
+    return written
+
+
+def commit_run(engine: Engine, plan: Sequence[OffsetRange], facts: RunFacts,
+               new_calls: Iterable[tuple[str, int, str, int]] = (), counts: RunCounts = RunCounts(), *,
+               dedup_horizon_s: float = 3600.0, near_limit_ratio: float = 0.8) -> int:
+    """Write one run's facts and offsets atomically (the protocol in the module docstring).
 
     Returns:
-        The number of aggregate rows upserted.
+        The number of fact rows upserted.
     """
-    rows = [
-        {
-            **dict(zip(USAGE_KEY_COLUMNS, (utc_from_ms(key[0]), *key[1:]))),
-            **dict(zip(MEASURE_NAMES, measures)),
-        }
-        for key, measures in aggregates
-    ]
-    rows.sort(key=lambda r: tuple(r[k] for k in USAGE_KEY_COLUMNS))  # stable lock order on PostgreSQL
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with engine.begin() as conn:
         _lock_and_check(conn, plan)
-        written = additive_upsert(conn, usage_minute, rows, key=USAGE_KEY_COLUMNS, measures=USAGE_MEASURE_COLUMNS)
+        written = write_facts(conn, facts, now=now, near_limit_ratio=near_limit_ratio)
         _remember_calls(conn, new_calls, now, dedup_horizon_s)
         offset_rows = [{"topic": r.topic, "partition": r.partition, "next_offset": r.end, "updated_at": now}
                        for r in plan]
-        replace_upsert(conn, source_offsets, offset_rows, key=("topic", "partition"))
+        replace_upsert(conn, t.source_offsets, offset_rows, key=("topic", "partition"))
+        replace_upsert(conn, t.pipeline_runs, [{
+            "run_id": run_id(plan), "topic": plan[0].topic if plan else "", "committed_at": now,
+            "records": counts.records, "events": facts.events, "duplicates": counts.duplicates,
+            "dead_letters": counts.dead_letters, "folded_requests": facts.folded_requests, "fact_rows": written,
+        }], key=("run_id",))
     return written
 
 
 def _remember_calls(conn: Connection, new_calls: Iterable[tuple[str, int, str, int]], now: dt.datetime,
                     horizon_s: float) -> None:
-    conn.execute(delete(seen_batches).where(seen_batches.c.committed_at < now - dt.timedelta(seconds=horizon_s)))
-    rows = [{"topic": t, "partition": p, "call_id": c, "record_offset": o, "committed_at": now}
-            for t, p, c, o in {(t, p, c): (t, p, c, o) for t, p, c, o in new_calls}.values()]
-    replace_upsert(conn, seen_batches, rows, key=("topic", "partition", "call_id"))
-
-
-class CommitRun(beam.DoFn):
-    """The single element (all of the run's aggregates as a list) -> one transaction."""
-
-    def __init__(self, store_url: str, plan: Sequence[OffsetRange], dedup_horizon_s: float = 3600.0) -> None:
-        self.store_url = store_url
-        self.plan = list(plan)
-        self.dedup_horizon_s = dedup_horizon_s
-        self._engine: Engine | None = None
-
-    def setup(self) -> None:
-        self._engine = make_engine(self.store_url)
-
-    def teardown(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-
-    def process(self, aggregates: list[tuple[UsageKey, Measures]],
-                new_calls: list[tuple[str, int, str, int]]) -> Iterable[int]:
-        assert self._engine is not None
-        yield commit_run(self._engine, self.plan, aggregates, new_calls, self.dedup_horizon_s)
+    sb = t.seen_batches
+    conn.execute(delete(sb).where(sb.c.committed_at < now - dt.timedelta(seconds=horizon_s)))
+    rows = [{"topic": tp, "partition": p, "call_id": c, "record_offset": o, "committed_at": now}
+            for tp, p, c, o in {(tp, p, c): (tp, p, c, o) for tp, p, c, o in new_calls}.values()]
+    rows.sort(key=lambda r: (r["topic"], r["partition"], r["call_id"]))
+    replace_upsert(conn, sb, rows, key=("topic", "partition", "call_id"))

@@ -1,9 +1,14 @@
 """``apim-analytics pipeline run``: wire the source, the aggregation and the commit.
 
 Each run is a bounded Beam pipeline: the driver plans the offset ranges, the
-pipeline reads, aggregates and commits them in one store transaction. ``--once``
-works off the backlog present at start in bounded steps and exits; ``--follow``
-keeps planning new runs until SIGTERM/SIGINT, finishing the run in progress.
+pipeline reads and pre-aggregates them, merges the partials and commits them
+in one store transaction. ``--once`` works off the backlog present at start in
+bounded steps (``--max-records-per-run``) and exits; ``--follow`` keeps
+planning new runs until SIGTERM/SIGINT, finishing the run in progress.
+
+The graph uses only standard transforms and PipelineOptions, so the same job
+runs on Flink or Dataflow (``--runner``); locally it runs on Beam's in-process
+FnApiRunner with no Java.
 """
 
 from __future__ import annotations
@@ -12,15 +17,16 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from kafka import KafkaConsumer
 
-from pipeline.aggregate import AggregateUsage
-from pipeline.commit import CommitRun, stored_offsets
-from pipeline.kafka_source import OffsetRange, ReadUsageEvents, plan_ranges
+from pipeline.aggregate import Partial, finish, merge
+from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
+from pipeline.kafka_source import DeadRecord, OffsetRange, RangeSummary, ReadUsageEvents, plan_ranges
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
 
@@ -38,44 +44,171 @@ class RunResult:
     events: int
     duplicates: int
     undecodable: int
+    folded_requests: int
+    fact_rows: int
     seconds: float
 
 
-def build_pipeline(p: beam.Pipeline, settings: PipelineSettings, plan: list[OffsetRange]) -> None:
+class MergePartials(beam.CombineFn):
+    """Partials -> one Partial; compacts as it goes so memory holds a few partials, not all of them."""
+
+    COMPACT_AT = 8
+
+    def create_accumulator(self) -> list[Partial]:
+        return []
+
+    def add_input(self, acc: list[Partial], partial: Partial) -> list[Partial]:
+        acc.append(partial)
+        if len(acc) >= self.COMPACT_AT:
+            acc[:] = [merge(acc)]
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list[Partial]]) -> list[Partial]:
+        return [merge(p for acc in accs for p in acc)]
+
+    def extract_output(self, acc: list[Partial]) -> Partial:
+        return merge(acc)
+
+
+class PublishDeadLetters(beam.DoFn):
+    """Copy each poison record to the dead-letter topic with its reason; emits one count per record.
+
+    At least once: a run that crashes after this step and is replayed copies
+    its dead records again, under the same key (topic/partition/offset), so a
+    consumer of the dead-letter topic can tell the copies apart.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._producer = None
+
+    def setup(self) -> None:
+        if self.topic:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+                                           client_id="apim-pipeline-dead-letters", max_request_size=16 << 20)
+
+    def process(self, dead: DeadRecord) -> Iterable[int]:
+        if self._producer is not None:
+            from collector.publisher import DEAD_LETTER_SCHEMA
+            from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
+
+            code = "UNKNOWN_SCHEMA" if dead.reason.startswith("unknown schema") else "UNDECODABLE_RECORD"
+            letter = DeadLetter(reason=dead.reason, reason_code=code, stage="pipeline",
+                                rejected_timestamp_ms=int(time.time() * 1000), topic=dead.topic,
+                                partition=dead.partition, offset=dead.offset, record_value=dead.value or b"")
+            self._producer.send(self.topic, value=letter.SerializeToString(),
+                                key=f"{dead.topic}/{dead.partition}/{dead.offset}".encode(),
+                                headers=[("schema", DEAD_LETTER_SCHEMA)])
+        yield 1
+
+    def finish_bundle(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=30)
+
+    def teardown(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+
+
+class CommitRun(beam.DoFn):
+    """The merged Partial (a single element) -> finish -> one store transaction."""
+
+    def __init__(self, settings: PipelineSettings, plan: list[OffsetRange],
+                 admitted: dict[tuple[str, str], frozenset[str]]) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.admitted = admitted
+        self._engine = None
+
+    def setup(self) -> None:
+        self._engine = make_engine(self.settings.store)
+
+    def teardown(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def process(self, total: Partial, summary: RangeSummary, dead_letters: int) -> Iterable[dict]:
+        facts = finish(total, self.admitted, self.settings.max_resources_per_api)
+        written = commit_run(self._engine, self.plan, facts, summary.new_calls,
+                             RunCounts(records=summary.records, duplicates=summary.duplicates,
+                                       dead_letters=dead_letters),
+                             dedup_horizon_s=self.settings.dedup_horizon_s,
+                             near_limit_ratio=self.settings.near_limit_ratio)
+        yield {"fact_rows": written, "folded_requests": facts.folded_requests}
+
+
+def build_pipeline(p: beam.Pipeline, settings: PipelineSettings, plan: list[OffsetRange],
+                   admitted: dict[tuple[str, str], frozenset[str]]) -> beam.PCollection:
     """The run's graph; every step is labelled (labels are what runners match on update)."""
     read = (
         p
         | "PlanRanges" >> beam.Create(plan)
         | "SpreadRanges" >> beam.Reshuffle()
-        | "ReadUsageEvents" >> beam.ParDo(ReadUsageEvents(settings.kafka, settings.store, settings.dedup_horizon_s)
-                                          ).with_outputs(ReadUsageEvents.NEW_CALLS, main="events")
+        | "ReadUsageEvents" >> beam.ParDo(ReadUsageEvents(settings.kafka, settings.store, settings.dedup_horizon_s,
+                                                          settings.chunk_events)
+                                          ).with_outputs(ReadUsageEvents.NEW_CALLS, ReadUsageEvents.DEAD,
+                                                         main="partials")
     )
-    new_calls = read[ReadUsageEvents.NEW_CALLS] | "GatherNewCalls" >> beam.combiners.ToList()
-    _ = (
-        read.events
-        | "AggregateUsage" >> AggregateUsage()
-        | "GatherRun" >> beam.combiners.ToList()
-        | "CommitRun" >> beam.ParDo(CommitRun(settings.store, plan, settings.dedup_horizon_s),
-                                    beam.pvalue.AsSingleton(new_calls))
+    summary = read[ReadUsageEvents.NEW_CALLS] | "SummariseRanges" >> beam.CombineGlobally(RangeSummary.combine)
+    dead = (read[ReadUsageEvents.DEAD]
+            | "PublishDeadLetters" >> beam.ParDo(PublishDeadLetters(settings.kafka, settings.dead_letter_topic))
+            | "CountDeadLetters" >> beam.CombineGlobally(sum))
+    return (
+        read.partials
+        | "MergePartials" >> beam.CombineGlobally(MergePartials())
+        | "CommitRun" >> beam.ParDo(CommitRun(settings, plan, admitted), beam.pvalue.AsSingleton(summary),
+                                    beam.pvalue.AsSingleton(dead))
     )
 
 
-def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
-    from apache_beam.metrics.metric import MetricsFilter
+def _committed(settings: PipelineSettings, plan: list[OffsetRange], seconds: float) -> RunResult:
+    """The run as its commit recorded it (``pipeline_runs``): the numbers that actually landed."""
+    from sqlalchemy import select
 
-    counters = result.metrics().query(MetricsFilter().with_name(name))["counters"]
-    return int(sum(c.committed or c.attempted or 0 for c in counters))
+    from pipeline.commit import run_id
+    from store.tables import pipeline_runs
+
+    engine = make_engine(settings.store)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(select(pipeline_runs).where(pipeline_runs.c.run_id == run_id(plan))).one()
+    finally:
+        engine.dispose()
+    return RunResult(ranges=len(plan), records=row.records, events=row.events, duplicates=row.duplicates,
+                     undecodable=row.dead_letters, folded_requests=row.folded_requests, fact_rows=row.fact_rows,
+                     seconds=seconds)
+
+
+def prepare_store(settings: PipelineSettings) -> None:
+    """Migrate the store and load throttle policies (defaults, then the policies file if one is set)."""
+    from store.throttle import ensure_default_policies, load_policies_file, load_policies, store_policies
+
+    engine = make_engine(settings.store)
+    try:
+        create_schema(engine)
+        ensure_default_policies(engine)
+        if settings.policies_file:
+            with engine.connect() as conn:
+                known = set(load_policies(conn))
+            policies, assignments = load_policies_file(settings.policies_file, known_policies=known)
+            with engine.begin() as conn:
+                store_policies(conn, policies, assignments)
+    finally:
+        engine.dispose()
 
 
 def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> RunResult | None:
     """Plan and execute one bounded run; ``None`` when there is nothing to read."""
     engine = make_engine(settings.store)
-    create_schema(engine)
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False, group_id=None,
                              client_id="apim-pipeline-planner")
     try:
         plan = plan_ranges(consumer, settings.topic, stored_offsets(engine, settings.topic),
                            settings.max_records_per_run)
+        admitted = admitted_resources(engine) if plan else {}
     finally:
         consumer.close()
         engine.dispose()
@@ -84,16 +217,8 @@ def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> 
     started = time.perf_counter()
     options = PipelineOptions([*DEFAULT_BEAM_ARGS, *(beam_args or [])])
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, settings, plan)
-    result = p.result  # type: ignore[attr-defined]
-    run = RunResult(
-        ranges=len(plan),
-        records=_counter(result, "records_read"),
-        events=_counter(result, "events_decoded"),
-        duplicates=_counter(result, "duplicate_events"),
-        undecodable=_counter(result, "undecodable_records"),
-        seconds=time.perf_counter() - started,
-    )
+        build_pipeline(p, settings, plan, admitted)
+    run = _committed(settings, plan, time.perf_counter() - started)
     log.info("run committed", extra={"ranges": run.ranges, "records": run.records, "events": run.events,
                                      "duplicates": run.duplicates, "undecodable": run.undecodable,
                                      "seconds": round(run.seconds, 3)})
@@ -108,6 +233,7 @@ def run(settings: PipelineSettings, beam_args: list[str] | None = None,
     if settings.follow and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    prepare_store(settings)
     while not stop.is_set():
         result = run_once(settings, beam_args)
         if result is not None:

@@ -4,22 +4,27 @@ Beam's ``ReadFromKafka`` needs Java and a Java SDK harness (engineering.md a);
 this source needs neither. The driver fixes each run's bounds before anything
 is read (:func:`plan_ranges`), so a retried run reads exactly the same records,
 and :class:`ReadUsageEvents` reads one ``[start, end)`` range per element with
-kafka-python, decodes the ``UsageEventBatch`` records and emits columnar chunks.
+kafka-python, decodes the records into numpy chunks (pipeline/decode.py) and
+emits each chunk pre-aggregated (pipeline/aggregate.py): a Beam element is a
+few small frames, never an event.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
-from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, TopicPartition
 
-from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
-from schemas.apim.usage.v1 import usage_event_pb2 as pb
+from pipeline.aggregate import Partial, aggregate_chunk
+from pipeline.decode import Chunk, PoisonRecord, new_builder
+from schemas.record_format import USAGE_RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -73,97 +78,79 @@ def plan_ranges(
     return sorted(plan)
 
 
-USAGE_SCHEMA = cols_pb.UsageEventColumns.DESCRIPTOR.full_name.encode()
-_NEEDED = ("request_timestamp_ms", "api_name", "api_version", "application_id", "subscription_tier",
-           "response_code", "request_size_bytes", "response_size_bytes")
+class DeadRecord(NamedTuple):
+    """A record that cannot be counted, with where it was and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    key: bytes | None
+    value: bytes | None
 
 
-class PoisonRecord(ValueError):
-    """A record that cannot be counted: wrong schema, undecodable, or inconsistent columns."""
+class RangeSummary(NamedTuple):
+    """What reading a range (or, summed, a run) found besides events: for the commit and its audit row."""
+
+    new_calls: list[tuple[str, int, str, int]]
+    records: int
+    duplicates: int
+
+    @staticmethod
+    def combine(summaries: Iterable[RangeSummary]) -> RangeSummary:
+        calls: list[tuple[str, int, str, int]] = []
+        records = duplicates = 0
+        for s in summaries:
+            calls.extend(s.new_calls)
+            records += s.records
+            duplicates += s.duplicates
+        return RangeSummary(calls, records, duplicates)
 
 
-@dataclass
-class EventColumns:
-    """A chunk of decoded events as columns: only what aggregation needs, no protobuf objects."""
-
-    bucket_ms: list[int] = field(default_factory=list)
-    api_name: list[str] = field(default_factory=list)
-    api_version: list[str] = field(default_factory=list)
-    application_id: list[str] = field(default_factory=list)
-    tier: list[str] = field(default_factory=list)
-    response_code: list[int] = field(default_factory=list)
-    request_bytes: list[int] = field(default_factory=list)
-    response_bytes: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.bucket_ms)
-
-    def append(self, ev: pb.UsageEvent) -> None:
-        """One row (tests and tools; records arrive as columns, see :meth:`extend`)."""
-        ts = ev.request_timestamp_ms
-        self.bucket_ms.append(ts - ts % 60_000)
-        self.api_name.append(ev.api_name)
-        self.api_version.append(ev.api_version)
-        self.application_id.append(ev.application_id)
-        self.tier.append(ev.subscription_tier)
-        self.response_code.append(ev.response_code)
-        self.request_bytes.append(ev.request_size_bytes)
-        self.response_bytes.append(ev.response_size_bytes)
-
-    def extend(self, batch: cols_pb.UsageEventColumns, keep: list[bool] | None = None) -> None:
-        """Append a columnar batch; ``keep`` selects events (duplicates dropped)."""
-        n = batch.count
-        columns = {}
-        for name in _NEEDED:
-            values = list(getattr(batch, name))
-            if values and len(values) != n:
-                raise PoisonRecord(f"column {name} has {len(values)} entries, the batch has {n}")
-            columns[name] = values or ([""] * n if name in ("api_name", "api_version", "application_id",
-                                                            "subscription_tier") else [0] * n)
-        if keep is not None:
-            columns = {k: [v for v, k_ in zip(vals, keep) if k_] for k, vals in columns.items()}
-        self.bucket_ms.extend(ts - ts % 60_000 for ts in columns["request_timestamp_ms"])
-        self.api_name.extend(columns["api_name"])
-        self.api_version.extend(columns["api_version"])
-        self.application_id.extend(columns["application_id"])
-        self.tier.extend(columns["subscription_tier"])
-        self.response_code.extend(columns["response_code"])
-        self.request_bytes.extend(columns["request_size_bytes"])
-        self.response_bytes.extend(columns["response_size_bytes"])
+def check_schema(headers: list[tuple[str, bytes]] | None) -> None:
+    """Records name their format in the ``schema`` header; a record without one is tried as the current format."""
+    for name, value in headers or ():
+        if name == "schema" and value != USAGE_RECORD_SCHEMA:
+            raise PoisonRecord(f"unknown schema {value[:80]!r}; expected {USAGE_RECORD_SCHEMA.decode()}")
 
 
-def decode_record(value: bytes | None, headers: list[tuple[str, bytes]] | None) -> cols_pb.UsageEventColumns:
-    """A record's batch, or PoisonRecord naming what is wrong with it."""
-    schema = dict(headers or []).get("schema")
-    if schema is not None and schema != USAGE_SCHEMA:
-        raise PoisonRecord(f"unknown schema {schema[:80]!r}; expected {USAGE_SCHEMA.decode()}")
-    if value is None:
-        raise PoisonRecord("empty record")
-    try:
-        batch = cols_pb.UsageEventColumns.FromString(value)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise PoisonRecord(f"not a UsageEventColumns batch: {str(exc)[:120]}") from exc
-    if batch.count < 0:
-        raise PoisonRecord("negative event count")
-    return batch
+def keep_first_event_ids(chunk: Chunk, seen: set[str]) -> np.ndarray | None:
+    """For producers that set event ids: drop events whose id was already counted in this range.
+
+    The collector leaves ``event_id`` empty (an event's id is its call id plus
+    its index, and calls are deduplicated whole), so this is the slow path.
+    """
+    codes, values = chunk.strings["event_id"]
+    present = np.flatnonzero(codes)
+    if not len(present):
+        return None
+    keep = np.ones(chunk.n, bool)
+    for i in present:
+        eid = values[codes[i]]
+        if eid in seen:
+            keep[i] = False
+        else:
+            seen.add(eid)
+    return keep
 
 
 class ReadUsageEvents(beam.DoFn):
-    """OffsetRange -> EventColumns chunks; the calls counted for the first time go to a tagged output.
+    """OffsetRange -> pre-aggregated Partials; call ids and dead records go to tagged outputs.
 
     A producer call delivered twice (a timed-out send that arrived after all,
     plus its spooled copy; a collector replaying its spool after a crash) has
     the same call id, which is the record key, on the same partition. The
     reader drops a call id already counted in this range or in an earlier run
     within the dedup horizon (the store's ``seen_batches``), and drops repeated
-    event ids inside a range for producers that set them. Poison records are
-    counted and skipped; their offsets still advance with the range.
+    event ids inside a range for producers that set them. Poison records go to
+    the DEAD output; their offsets still advance with the range.
     """
 
     NEW_CALLS = "new_calls"
+    DEAD = "dead"
 
     def __init__(self, bootstrap: str, store_url: str = "", dedup_horizon_s: float = 3600.0,
-                 chunk_events: int = 50_000, poll_timeout_ms: int = 1000, max_idle_polls: int = 30) -> None:
+                 chunk_events: int = 200_000, poll_timeout_ms: int = 1000, max_idle_polls: int = 30) -> None:
         self.bootstrap = bootstrap
         self.store_url = store_url
         self.dedup_horizon_s = dedup_horizon_s
@@ -215,7 +202,16 @@ class ReadUsageEvents(beam.DoFn):
                 select(t.call_id).where(t.topic == rng.topic, t.partition == rng.partition,
                                         t.committed_at >= since))}
 
-    def process(self, rng: OffsetRange) -> Iterator[EventColumns | beam.pvalue.TaggedOutput]:
+    def _flush(self, builder, seen_events: set[str]) -> tuple[Partial, int]:  # type: ignore[no-untyped-def]
+        chunk = builder.take()
+        keep = keep_first_event_ids(chunk, seen_events)
+        dropped = int(chunk.n - keep.sum()) if keep is not None else 0
+        self.duplicates.inc(dropped)
+        partial = aggregate_chunk(chunk, keep)
+        self.events.inc(partial.events)
+        return partial, dropped
+
+    def process(self, rng: OffsetRange) -> Iterator[Partial | beam.pvalue.TaggedOutput]:
         consumer = self._consumer
         assert consumer is not None, "setup() not called"
         tp = TopicPartition(rng.topic, rng.partition)
@@ -223,46 +219,52 @@ class ReadUsageEvents(beam.DoFn):
         consumer.seek(tp, rng.start)
         seen_calls = self._seen_calls(rng)
         seen_events: set[str] = set()
-        chunk = EventColumns()
+        new_calls: list[tuple[str, int, str, int]] = []
+        builder = new_builder()
+        records_read = duplicates = 0
         idle = 0
         while consumer.position(tp) < rng.end:
-            polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=5000)
+            polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=20_000)
             records = polled.get(tp, [])
             if not records:
                 idle += 1
                 if idle > self.max_idle_polls:
                     raise RuntimeError(f"no records from {rng} at offset {consumer.position(tp)} "
                                        f"after {idle} polls; is the broker up?")
+                time.sleep(0.01)
                 continue
             idle = 0
             for record in records:
                 if record.offset >= rng.end:
                     break
                 self.records.inc()
+                records_read += 1
                 try:
-                    batch = decode_record(record.value, record.headers)
-                    call_id = batch.header.call_id or (record.key or b"").decode("utf-8", "replace")
-                    if call_id and call_id in seen_calls:
-                        self.duplicates.inc(batch.count)
-                        continue
-                    keep = None
-                    if batch.event_id:
-                        keep = [eid not in seen_events for eid in batch.event_id]
-                        seen_events.update(batch.event_id)
-                        self.duplicates.inc(keep.count(False))
-                    chunk.extend(batch, keep)
+                    check_schema(record.headers)
+                    count, call_id = builder.add(record.value)
                 except PoisonRecord as exc:
                     self.poison.inc()
-                    log.warning("record skipped", extra={"topic": rng.topic, "partition": rng.partition,
-                                                         "offset": record.offset, "reason": str(exc)[:200]})
+                    log.warning("record sent to the dead-letter topic",
+                                extra={"topic": rng.topic, "partition": rng.partition, "offset": record.offset,
+                                       "reason": str(exc)[:200]})
+                    yield beam.pvalue.TaggedOutput(self.DEAD, DeadRecord(rng.topic, rng.partition, record.offset,
+                                                                         str(exc)[:500], record.key, record.value))
                     continue
+                call_id = call_id or (record.key or b"").decode("utf-8", "replace")
+                if call_id and call_id in seen_calls:
+                    self.duplicates.inc(count)
+                    duplicates += count
+                    continue
+                builder.accept()
                 if call_id:
                     seen_calls.add(call_id)
-                    yield beam.pvalue.TaggedOutput(self.NEW_CALLS, (rng.topic, rng.partition, call_id, record.offset))
-                if len(chunk) >= self.chunk_events:
-                    self.events.inc(len(chunk))
-                    yield chunk
-                    chunk = EventColumns()
-        if len(chunk):
-            self.events.inc(len(chunk))
-            yield chunk
+                    new_calls.append((rng.topic, rng.partition, call_id, record.offset))
+                if builder.n >= self.chunk_events:
+                    partial, dropped = self._flush(builder, seen_events)
+                    duplicates += dropped
+                    yield partial
+        if builder.n:
+            partial, dropped = self._flush(builder, seen_events)
+            duplicates += dropped
+            yield partial
+        yield beam.pvalue.TaggedOutput(self.NEW_CALLS, RangeSummary(new_calls, records_read, duplicates))

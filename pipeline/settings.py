@@ -21,16 +21,38 @@ class PipelineSettings:
                            help="keep running: a new bounded run every --interval seconds (default: --once)")
     interval_s: float = setting(2.0, env="APIM_PIPELINE_INTERVAL_S", flag="--interval",
                                 help="seconds between runs in follow mode when there is no backlog")
-    max_records_per_run: int = setting(50_000, env="APIM_PIPELINE_MAX_RECORDS_PER_RUN",
-                                       help="Kafka records (event batches) read per run; bounds memory")
+    max_records_per_run: int = setting(20_000, env="APIM_PIPELINE_MAX_RECORDS_PER_RUN",
+                                       help="Kafka records (event batches) read per run; bounds memory: a backlog "
+                                            "is worked off in runs of at most this many records")
+    chunk_events: int = setting(200_000, env="APIM_PIPELINE_CHUNK_EVENTS",
+                                help="events decoded into one numpy chunk before it is pre-aggregated")
+    dead_letter_topic: str = setting("apim.usage.v1.dead-letter", env="APIM_DEAD_LETTER_TOPIC",
+                                     help="where records that cannot be counted are copied, with the reason "
+                                          "('' to only count and log them)")
     dedup_horizon_s: float = setting(3600.0, env="APIM_PIPELINE_DEDUP_HORIZON_S",
                                      help="how long a counted producer call is remembered, so a second copy of "
                                           "it (a timed-out send plus its spooled copy) is not counted again")
+    max_resources_per_api: int = setting(200, env="APIM_PIPELINE_MAX_RESOURCES_PER_API",
+                                         help="distinct resources admitted per API version; the rest are folded "
+                                              "into 'other' and counted in resource_folds (0: no cap)")
+    near_limit_ratio: float = setting(0.8, env="APIM_PIPELINE_NEAR_LIMIT_RATIO",
+                                      help="a throttle key is near its limit at this share of its quota")
+    policies_file: str = setting("", env="APIM_THROTTLE_POLICIES_FILE",
+                                 help="throttle policies and API assignments (YAML/JSON) loaded before each run "
+                                      "(default: the WSO2 default policies)")
+    purge_every_runs: int = setting(100, env="APIM_PIPELINE_PURGE_EVERY_RUNS",
+                                    help="in follow mode, enforce retention after this many runs (0: never)")
     consumer_group: str = setting("apim-pipeline", env="APIM_PIPELINE_CONSUMER_GROUP",
                                   help="group whose Kafka offsets mirror the store's, for lag dashboards only")
 
     def validate(self) -> None:
         if self.max_records_per_run < 1:
             raise SettingsError("--max-records-per-run must be at least 1")
+        if self.chunk_events < 1:
+            raise SettingsError("--chunk-events must be at least 1")
         if self.interval_s <= 0:
             raise SettingsError("--interval must be positive")
+        if self.max_resources_per_api < 0:
+            raise SettingsError("--max-resources-per-api must be 0 (no cap) or more")
+        if not 0 < self.near_limit_ratio <= 1:
+            raise SettingsError("--near-limit-ratio must be in (0, 1]")
