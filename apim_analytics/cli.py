@@ -39,13 +39,33 @@ def _pipeline_run(args: argparse.Namespace) -> int:
     from pipeline.job import run
     from pipeline.settings import PipelineSettings
 
+    from store.retention import RetentionSettings
+
     overrides = {"follow": False} if args.once else {}
     settings = resolve(PipelineSettings, args=args, section="pipeline", overrides=overrides)
-    results = run(settings, args.beam_args)
+    retention = resolve(RetentionSettings, args=args, section="retention")
+    results = run(settings, args.beam_args, retention=retention)
     events = sum(r.events for r in results)
     print(f"pipeline: {len(results)} run(s), {sum(r.records for r in results)} records, {events} events, "
           f"{sum(r.duplicates for r in results)} duplicates dropped, "
-          f"{sum(r.undecodable for r in results)} undecodable records")
+          f"{sum(r.undecodable for r in results)} records sent to the dead-letter topic, "
+          f"{sum(r.folded_requests for r in results)} requests folded into resource 'other'")
+    return 0
+
+
+def _pipeline_purge(args: argparse.Namespace) -> int:
+    from store.engine import create_schema, make_engine
+    from store.retention import RetentionSettings, purge
+
+    retention = resolve(RetentionSettings, args=args, section="retention")
+    engine = make_engine(args.store)
+    try:
+        create_schema(engine)
+        deleted = purge(engine, retention)
+    finally:
+        engine.dispose()
+    print("purge: " + ", ".join(f"{table} {n}" for table, n in deleted.items() if n) if any(deleted.values())
+          else "purge: nothing older than its retention")
     return 0
 
 
@@ -76,8 +96,10 @@ def _config_show(args: argparse.Namespace) -> int:
     from pipeline.settings import PipelineSettings
     from simulator.config import SimulationConfig
 
+    from store.retention import RetentionSettings
+
     for cls, section in ((CollectorSettings, "collector"), (PipelineSettings, "pipeline"),
-                         (SimulationConfig, "simulate")):
+                         (RetentionSettings, "retention"), (SimulationConfig, "simulate")):
         for row in describe(cls, section):
             print(f"{row['key']:<36} {row['flag']:<28} {row['env']:<38} {row['default']:<24} {row['help']}")
     return 0
@@ -86,6 +108,7 @@ def _config_show(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from collector.settings import CollectorSettings
     from pipeline.settings import PipelineSettings
+    from store.retention import RetentionSettings
 
     parser = argparse.ArgumentParser(prog="apim-analytics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,8 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     prun = pipeline.add_parser("run", help="aggregate the Kafka backlog into the store (any other flag is a Beam option)")
     _add_config_flag(prun)
     add_flags(prun, PipelineSettings)
+    add_flags(prun, RetentionSettings)
     prun.add_argument("--once", action="store_true", help="work off the backlog and exit (the default)")
     prun.set_defaults(func=_pipeline_run)
+    ppurge = pipeline.add_parser("purge", help="delete facts older than their granularity's retention")
+    _add_config_flag(ppurge)
+    ppurge.add_argument("--store", default=os.environ.get("APIM_STORE_URL", "sqlite:///apim-analytics.db"),
+                        help="SQLAlchemy URL [env: APIM_STORE_URL; default: sqlite:///apim-analytics.db]")
+    add_flags(ppurge, RetentionSettings)
+    ppurge.set_defaults(func=_pipeline_purge)
 
     try:
         from simulator import cli as sim_cli
@@ -151,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:
+        print(f"apim-analytics: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as exc:  # a StoreError or PolicyError carries a readable reason
+        from store.engine import StoreError
+        from store.throttle import PolicyError
+
+        if not isinstance(exc, StoreError | PolicyError):
+            raise
         print(f"apim-analytics: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

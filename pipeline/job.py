@@ -29,6 +29,7 @@ from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_of
 from pipeline.kafka_source import DeadRecord, OffsetRange, RangeSummary, ReadUsageEvents, plan_ranges
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
+from store.retention import RetentionSettings, purge
 
 log = logging.getLogger(__name__)
 
@@ -225,21 +226,67 @@ def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> 
     return run
 
 
-def run(settings: PipelineSettings, beam_args: list[str] | None = None,
-        stop: threading.Event | None = None) -> list[RunResult]:
-    """``--once``: runs until the backlog seen at start is worked off. ``--follow``: until ``stop``."""
+def run(settings: PipelineSettings, beam_args: list[str] | None = None, stop: threading.Event | None = None,
+        retention: RetentionSettings | None = None) -> list[RunResult]:
+    """``--once``: runs until the backlog seen at start is worked off. ``--follow``: until ``stop``.
+
+    A failed run (database or broker unavailable, another run got there
+    first) has committed nothing, so it is simply planned again after a
+    backoff: forever in follow mode, up to ``ONCE_ATTEMPTS`` times in once mode.
+    Retention is enforced every ``--purge-every-runs`` runs and when a
+    once-mode invocation ends.
+    """
     results: list[RunResult] = []
     stop = stop or threading.Event()
+    retention = retention or RetentionSettings()
     if settings.follow and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    prepare_store(settings)
+    _with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
+    runs = 0
     while not stop.is_set():
-        result = run_once(settings, beam_args)
+        result = _with_retries(lambda: run_once(settings, beam_args), settings, stop, "pipeline run")
         if result is not None:
             results.append(result)
+            runs += 1
+            if settings.follow and settings.purge_every_runs and runs % settings.purge_every_runs == 0:
+                _purge(settings, retention)
         if result is None or result.records < settings.max_records_per_run:
             if not settings.follow:
                 break
             stop.wait(settings.interval_s)
+    if not settings.follow and results:
+        _purge(settings, retention)
     return results
+
+
+ONCE_ATTEMPTS = 3
+
+
+def _with_retries(step, settings: PipelineSettings, stop: threading.Event, what: str):  # type: ignore[no-untyped-def]
+    """Run ``step`` until it succeeds (follow mode) or ONCE_ATTEMPTS times (once mode), backing off."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return step()
+        except Exception as exc:  # noqa: BLE001 - nothing was committed; the run is planned again
+            if (not settings.follow and attempt >= ONCE_ATTEMPTS) or stop.is_set():
+                raise
+            delay = min(30.0, settings.interval_s * 2 ** min(attempt, 4))
+            log.error(f"{what} failed; retrying", extra={"attempt": attempt, "retry_in_s": delay,
+                                                         "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            if stop.wait(delay):
+                return None
+
+
+def _purge(settings: PipelineSettings, retention: RetentionSettings) -> None:
+    engine = make_engine(settings.store)
+    try:
+        deleted = purge(engine, retention)
+        if any(deleted.values()):
+            log.info("retention enforced", extra={"deleted": {k: v for k, v in deleted.items() if v}})
+    except Exception as exc:  # noqa: BLE001 - a failed purge is retried at the next one
+        log.error("retention purge failed", extra={"error": str(exc)[:300]})
+    finally:
+        engine.dispose()

@@ -7,9 +7,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from kafka import TopicPartition
 
-from pipeline.aggregate import AggregateUsage, preaggregate
-from pipeline.kafka_source import EventColumns, OffsetRange, plan_ranges
-from schemas.apim.usage.v1 import usage_event_pb2 as pb
+from collector.columns import build_columns
+from pipeline.aggregate import aggregate_chunk
+from pipeline.decode import Chunk, ChunkBuilder
+from pipeline.job import MergePartials
+from pipeline.kafka_source import OffsetRange, plan_ranges
 
 
 class FakeConsumer:
@@ -52,37 +54,43 @@ def test_plan_is_empty_without_backlog() -> None:
     assert plan_ranges(consumer, "t", stored={0: 7}, max_records=10) == []  # type: ignore[arg-type]
 
 
-def _event(ts: int, api: str, app: str, tier: str, code: int, rq: int = 10, rs: int = 100) -> pb.UsageEvent:
-    return pb.UsageEvent(request_timestamp_ms=ts, api_name=api, api_version="1", application_id=app,
-                         subscription_tier=tier, response_code=code, request_size_bytes=rq, response_size_bytes=rs)
+def _chunk(events: list[dict]) -> Chunk:
+    builder = ChunkBuilder()
+    builder.add(build_columns(events, call_id="c", producer_id="p").SerializeToString())
+    builder.accept()
+    return builder.take()
 
 
-def _columns(events: list[pb.UsageEvent]) -> EventColumns:
-    cols = EventColumns()
-    for ev in events:
-        cols.append(ev)
-    return cols
+def _event(ts: int, api: str, app: str, tier: str, code: int, rq: int = 10, rs: int = 100) -> dict:
+    return {"call_index": 0, "request_timestamp_ms": ts, "api_name": api, "api_version": "1", "application_id": app,
+            "subscription_tier": tier, "response_code": code, "request_size_bytes": rq, "response_size_bytes": rs}
 
 
-def test_preaggregate_buckets_by_minute_and_status_class() -> None:
-    cols = _columns([
+def _cells(partial) -> dict:  # type: ignore[no-untyped-def]
+    cols = ["bucket_ms", "api_name", "application_id", "tier", "requests", "count_2xx", "count_3xx", "count_4xx",
+            "count_5xx", "request_bytes", "response_bytes"]
+    return {tuple(r[:4]): tuple(r[4:]) for r in partial.usage[cols].itertuples(index=False)}
+
+
+def test_chunk_aggregates_by_minute_and_status_class() -> None:
+    partial = aggregate_chunk(_chunk([
         _event(60_000, "A", "x", "Gold", 200), _event(119_999, "A", "x", "Gold", 404),
         _event(120_000, "A", "x", "Gold", 503), _event(61_000, "B", "y", "Bronze", 302),
         _event(62_000, "B", "y", "Bronze", 0),
-    ])
-    assert preaggregate(cols) == {
-        (60_000, "A", "1", "x", "Gold"): [2, 1, 0, 1, 0, 20, 200],
-        (120_000, "A", "1", "x", "Gold"): [1, 0, 0, 0, 1, 10, 100],
-        (60_000, "B", "1", "y", "Bronze"): [2, 0, 1, 0, 0, 20, 200],
+    ]))
+    assert _cells(partial) == {
+        (60_000, "A", "x", "Gold"): (2, 1, 0, 1, 0, 20, 200),
+        (120_000, "A", "x", "Gold"): (1, 0, 0, 0, 1, 10, 100),
+        (60_000, "B", "y", "Bronze"): (2, 0, 1, 0, 0, 20, 200),
     }
 
 
-def test_aggregate_transform_merges_chunks() -> None:
-    a = _columns([_event(60_000, "A", "x", "Gold", 200)] * 3)
-    b = _columns([_event(60_500, "A", "x", "Gold", 201), _event(0, "A", "x", "Gold", 500)])
+def test_beam_combine_merges_partials_like_merge() -> None:
+    a = aggregate_chunk(_chunk([_event(60_000, "A", "x", "Gold", 200)] * 3))
+    b = aggregate_chunk(_chunk([_event(60_500, "A", "x", "Gold", 201), _event(0, "A", "x", "Gold", 500)]))
     with TestPipeline(runner="FnApiRunner") as p:
-        out = p | beam.Create([a, b]) | AggregateUsage()
-        assert_that(out, equal_to([
-            ((60_000, "A", "1", "x", "Gold"), (4, 4, 0, 0, 0, 40, 400)),
-            ((0, "A", "1", "x", "Gold"), (1, 0, 0, 0, 1, 10, 100)),
-        ]))
+        out = p | beam.Create([a, b]) | beam.CombineGlobally(MergePartials()) | beam.Map(_cells)
+        assert_that(out, equal_to([{
+            (60_000, "A", "x", "Gold"): (4, 4, 0, 0, 0, 40, 400),
+            (0, "A", "x", "Gold"): (1, 0, 0, 0, 1, 10, 100),
+        }]))
