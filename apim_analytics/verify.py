@@ -29,7 +29,7 @@ _EPOCH = dt.datetime(1970, 1, 1)
 
 def stored_cells(store_url: str, granularity: str = "minute") -> dict[Key, Cell]:
     """The granularity's usage table summed to {(bucket, api, version, app, tier): cell}; buckets in epoch ms."""
-    engine = make_engine(store_url)
+    engine = make_engine(store_url, readonly=True)
     t = USAGE_TABLES[granularity].c
     keys = (t.bucket_start, t.api_name, t.api_version, t.application_id, t.tier)
     try:

@@ -84,15 +84,20 @@ class PublishDeadLetters(beam.DoFn):
         self.topic = topic
         self._producer = None
 
-    def setup(self) -> None:
-        if self.topic:
+    def _ensure_producer(self) -> None:
+        """Built on the first dead record: most runs have none, and need no topic or connection for them."""
+        if self._producer is None:
             from kafka import KafkaProducer
 
+            from collector.topics import ensure_topic
+
+            ensure_topic(self.bootstrap, self.topic, partitions=1)
             self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
                                            client_id="apim-pipeline-dead-letters", max_request_size=16 << 20)
 
     def process(self, dead: DeadRecord) -> Iterable[int]:
-        if self._producer is not None:
+        if self.topic:
+            self._ensure_producer()
             from collector.publisher import DEAD_LETTER_SCHEMA
             from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
 
@@ -172,7 +177,7 @@ def _committed(settings: PipelineSettings, plan: list[OffsetRange], seconds: flo
     from pipeline.commit import run_id
     from store.tables import pipeline_runs
 
-    engine = make_engine(settings.store)
+    engine = make_engine(settings.store, readonly=True)
     try:
         with engine.connect() as conn:
             row = conn.execute(select(pipeline_runs).where(pipeline_runs.c.run_id == run_id(plan))).one()
@@ -203,7 +208,7 @@ def prepare_store(settings: PipelineSettings) -> None:
 
 def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> RunResult | None:
     """Plan and execute one bounded run; ``None`` when there is nothing to read."""
-    engine = make_engine(settings.store)
+    engine = make_engine(settings.store, readonly=True)
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False, group_id=None,
                              client_id="apim-pipeline-planner")
     try:

@@ -177,7 +177,7 @@ class ReadUsageEvents(beam.DoFn):
         if self.store_url:
             from store.engine import make_engine
 
-            self._engine = make_engine(self.store_url)
+            self._engine = make_engine(self.store_url, readonly=True)
 
     def teardown(self) -> None:
         if self._consumer is not None:
