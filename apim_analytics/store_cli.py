@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
-DEFAULT_STORE_URL = "sqlite:///apim-analytics.db"
+from store.engine import DEFAULT_STORE_URL
 
 
 def _store_default() -> str:
@@ -29,16 +29,19 @@ def _fail(message: str) -> int:
 
 
 def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn store, database and Alembic errors into one stderr line and exit status 2."""
+    """Turn store and database errors into one stderr line and exit status 2.
+
+    The actions import store.migrate before anything else of Alembic's: it quiets
+    Alembic's import-time logging, which would otherwise land on stderr too.
+    """
     def run(args: argparse.Namespace) -> int:
-        from alembic.util import CommandError
         from sqlalchemy.exc import SQLAlchemyError
 
         from store.engine import StoreError
 
         try:
             return action(args)
-        except (StoreError, CommandError) as exc:
+        except StoreError as exc:
             return _fail(str(exc))
         except SQLAlchemyError as exc:
             # str() of a DBAPI error spans lines (SQL, parameters, help link); the

@@ -10,8 +10,6 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from store.tables import metadata
-
 DEFAULT_STORE_URL = "sqlite:///apim-analytics.db"
 
 
@@ -54,5 +52,15 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every table that does not exist yet (idempotent)."""
-    metadata.create_all(engine)
+    """Bring the store's schema to the newest migration (idempotent, safe to call concurrently).
+
+    Kept under its old name because every process calls it on start; it now
+    runs the Alembic migrations (store/migrate.py) instead of create_all, so
+    existing stores get schema changes too.
+
+    Raises:
+        StoreError: the store was created before migrations existed and must be recreated.
+    """
+    from store import migrate  # store.migrate imports this module (StoreError)
+
+    migrate.upgrade(engine)
