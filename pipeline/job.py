@@ -13,20 +13,21 @@ FnApiRunner with no Java.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from kafka import KafkaConsumer
 
-from pipeline.aggregate import Partial, finish, merge
+from pipeline.aggregate import empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
-from pipeline.kafka_source import DeadRecord, OffsetRange, RangeSummary, ReadUsageEvents, plan_ranges
+from pipeline.kafka_source import DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, plan_ranges
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
 from store.retention import RetentionSettings, purge
@@ -50,29 +51,39 @@ class RunResult:
     seconds: float
 
 
-class MergePartials(beam.CombineFn):
-    """Partials -> one Partial; compacts as it goes so memory holds a few partials, not all of them."""
+class MergeReadResults(beam.CombineFn):
+    """ReadResults -> one ReadResult for the run; partials are compacted as they come, so memory
+    holds a few partials (small frames), not one per chunk."""
 
     COMPACT_AT = 8
 
-    def create_accumulator(self) -> list[Partial]:
-        return []
+    def create_accumulator(self) -> ReadResult:
+        return ReadResult(partial=None)
 
-    def add_input(self, acc: list[Partial], partial: Partial) -> list[Partial]:
-        acc.append(partial)
-        if len(acc) >= self.COMPACT_AT:
-            acc[:] = [merge(acc)]
+    def add_input(self, acc: ReadResult, item: ReadResult) -> ReadResult:
+        return self.merge_accumulators([acc, item])
+
+    def merge_accumulators(self, accs: Iterable[ReadResult]) -> ReadResult:
+        out = ReadResult()
+        partials = []
+        for acc in accs:
+            if acc.partial is not None:
+                partials.append(acc.partial)
+            out.new_calls.extend(acc.new_calls)
+            out.dead.extend(acc.dead)
+            out.records += acc.records
+            out.duplicates += acc.duplicates
+        out.partial = merge(partials) if partials else None
+        return out
+
+    def extract_output(self, acc: ReadResult) -> ReadResult:
+        if acc.partial is None:
+            acc.partial = empty_partial()
         return acc
 
-    def merge_accumulators(self, accs: Iterable[list[Partial]]) -> list[Partial]:
-        return [merge(p for acc in accs for p in acc)]
 
-    def extract_output(self, acc: list[Partial]) -> Partial:
-        return merge(acc)
-
-
-class PublishDeadLetters(beam.DoFn):
-    """Copy each poison record to the dead-letter topic with its reason; emits one count per record.
+class DeadLetters:
+    """Copies poison records to the dead-letter topic with their reason.
 
     At least once: a run that crashes after this step and is replayed copies
     its dead records again, under the same key (topic/partition/offset), so a
@@ -84,9 +95,13 @@ class PublishDeadLetters(beam.DoFn):
         self.topic = topic
         self._producer = None
 
-    def _ensure_producer(self) -> None:
-        """Built on the first dead record: most runs have none, and need no topic or connection for them."""
-        if self._producer is None:
+    def publish(self, dead: Sequence[DeadRecord]) -> None:
+        if not dead or not self.topic:
+            return
+        from collector.publisher import DEAD_LETTER_SCHEMA
+        from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
+
+        if self._producer is None:  # most runs have no dead records and need no producer
             from kafka import KafkaProducer
 
             from collector.topics import ensure_topic
@@ -94,33 +109,24 @@ class PublishDeadLetters(beam.DoFn):
             ensure_topic(self.bootstrap, self.topic, partitions=1)
             self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
                                            client_id="apim-pipeline-dead-letters", max_request_size=16 << 20)
-
-    def process(self, dead: DeadRecord) -> Iterable[int]:
-        if self.topic:
-            self._ensure_producer()
-            from collector.publisher import DEAD_LETTER_SCHEMA
-            from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
-
-            code = "UNKNOWN_SCHEMA" if dead.reason.startswith("unknown schema") else "UNDECODABLE_RECORD"
-            letter = DeadLetter(reason=dead.reason, reason_code=code, stage="pipeline",
-                                rejected_timestamp_ms=int(time.time() * 1000), topic=dead.topic,
-                                partition=dead.partition, offset=dead.offset, record_value=dead.value or b"")
+        now_ms = int(time.time() * 1000)
+        for d in dead:
+            code = "UNKNOWN_SCHEMA" if d.reason.startswith("unknown schema") else "UNDECODABLE_RECORD"
+            letter = DeadLetter(reason=d.reason, reason_code=code, stage="pipeline", rejected_timestamp_ms=now_ms,
+                                topic=d.topic, partition=d.partition, offset=d.offset, record_value=d.value or b"")
             self._producer.send(self.topic, value=letter.SerializeToString(),
-                                key=f"{dead.topic}/{dead.partition}/{dead.offset}".encode(),
+                                key=f"{d.topic}/{d.partition}/{d.offset}".encode(),
                                 headers=[("schema", DEAD_LETTER_SCHEMA)])
-        yield 1
+        self._producer.flush(timeout=30)
 
-    def finish_bundle(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(timeout=30)
-
-    def teardown(self) -> None:
+    def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=5)
+            self._producer = None
 
 
 class CommitRun(beam.DoFn):
-    """The merged Partial (a single element) -> finish -> one store transaction."""
+    """The run's single ReadResult -> dead letters published -> finish -> one store transaction."""
 
     def __init__(self, settings: PipelineSettings, plan: list[OffsetRange],
                  admitted: dict[tuple[str, str], frozenset[str]]) -> None:
@@ -128,19 +134,25 @@ class CommitRun(beam.DoFn):
         self.plan = plan
         self.admitted = admitted
         self._engine = None
+        self._dead_letters: DeadLetters | None = None
 
     def setup(self) -> None:
         self._engine = make_engine(self.settings.store)
+        self._dead_letters = DeadLetters(self.settings.kafka, self.settings.dead_letter_topic)
 
     def teardown(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+        if self._dead_letters is not None:
+            self._dead_letters.close()
 
-    def process(self, total: Partial, summary: RangeSummary, dead_letters: int) -> Iterable[dict]:
-        facts = finish(total, self.admitted, self.settings.max_resources_per_api)
-        written = commit_run(self._engine, self.plan, facts, summary.new_calls,
-                             RunCounts(records=summary.records, duplicates=summary.duplicates,
-                                       dead_letters=dead_letters),
+    def process(self, result: ReadResult) -> Iterable[dict]:
+        assert self._dead_letters is not None
+        self._dead_letters.publish(sorted(result.dead))
+        facts = finish(result.partial or empty_partial(), self.admitted, self.settings.max_resources_per_api)
+        written = commit_run(self._engine, self.plan, facts, result.new_calls,
+                             RunCounts(records=result.records, duplicates=result.duplicates,
+                                       dead_letters=len(result.dead)),
                              dedup_horizon_s=self.settings.dedup_horizon_s,
                              near_limit_ratio=self.settings.near_limit_ratio)
         yield {"fact_rows": written, "folded_requests": facts.folded_requests}
@@ -149,24 +161,14 @@ class CommitRun(beam.DoFn):
 def build_pipeline(p: beam.Pipeline, settings: PipelineSettings, plan: list[OffsetRange],
                    admitted: dict[tuple[str, str], frozenset[str]]) -> beam.PCollection:
     """The run's graph; every step is labelled (labels are what runners match on update)."""
-    read = (
+    return (
         p
         | "PlanRanges" >> beam.Create(plan)
         | "SpreadRanges" >> beam.Reshuffle()
         | "ReadUsageEvents" >> beam.ParDo(ReadUsageEvents(settings.kafka, settings.store, settings.dedup_horizon_s,
-                                                          settings.chunk_events)
-                                          ).with_outputs(ReadUsageEvents.NEW_CALLS, ReadUsageEvents.DEAD,
-                                                         main="partials")
-    )
-    summary = read[ReadUsageEvents.NEW_CALLS] | "SummariseRanges" >> beam.CombineGlobally(RangeSummary.combine)
-    dead = (read[ReadUsageEvents.DEAD]
-            | "PublishDeadLetters" >> beam.ParDo(PublishDeadLetters(settings.kafka, settings.dead_letter_topic))
-            | "CountDeadLetters" >> beam.CombineGlobally(sum))
-    return (
-        read.partials
-        | "MergePartials" >> beam.CombineGlobally(MergePartials())
-        | "CommitRun" >> beam.ParDo(CommitRun(settings, plan, admitted), beam.pvalue.AsSingleton(summary),
-                                    beam.pvalue.AsSingleton(dead))
+                                                          settings.chunk_events))
+        | "MergeReadResults" >> beam.CombineGlobally(MergeReadResults())
+        | "CommitRun" >> beam.ParDo(CommitRun(settings, plan, admitted))
     )
 
 
@@ -186,6 +188,12 @@ def _committed(settings: PipelineSettings, plan: list[OffsetRange], seconds: flo
     return RunResult(ranges=len(plan), records=row.records, events=row.events, duplicates=row.duplicates,
                      undecodable=row.dead_letters, folded_requests=row.folded_requests, fact_rows=row.fact_rows,
                      seconds=seconds)
+
+
+@functools.lru_cache(maxsize=8)
+def _options(beam_args: tuple[str, ...]) -> PipelineOptions:
+    """Parsed once per process: building PipelineOptions costs Beam hundreds of argparse parsers."""
+    return PipelineOptions([*DEFAULT_BEAM_ARGS, *beam_args])
 
 
 def prepare_store(settings: PipelineSettings) -> None:
@@ -221,7 +229,7 @@ def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> 
     if not plan:
         return None
     started = time.perf_counter()
-    options = PipelineOptions([*DEFAULT_BEAM_ARGS, *(beam_args or [])])
+    options = _options(tuple(beam_args or ()))
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, settings, plan, admitted)
     run = _committed(settings, plan, time.perf_counter() - started)

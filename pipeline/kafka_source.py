@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -89,22 +89,21 @@ class DeadRecord(NamedTuple):
     value: bytes | None
 
 
-class RangeSummary(NamedTuple):
-    """What reading a range (or, summed, a run) found besides events: for the commit and its audit row."""
+@dataclass
+class ReadResult:
+    """What reading found: pre-aggregated events, the calls counted, dead records and counts.
 
-    new_calls: list[tuple[str, int, str, int]]
-    records: int
-    duplicates: int
+    The reader emits one per chunk and one at the end of each range; the run
+    adds them all up (:meth:`combine`) into the single element its commit
+    writes. One element type keeps the Beam graph to five steps, which
+    matters: the local runner's cost per step and bundle is paid every run.
+    """
 
-    @staticmethod
-    def combine(summaries: Iterable[RangeSummary]) -> RangeSummary:
-        calls: list[tuple[str, int, str, int]] = []
-        records = duplicates = 0
-        for s in summaries:
-            calls.extend(s.new_calls)
-            records += s.records
-            duplicates += s.duplicates
-        return RangeSummary(calls, records, duplicates)
+    partial: Partial | None = None
+    new_calls: list[tuple[str, int, str, int]] = field(default_factory=list)
+    dead: list[DeadRecord] = field(default_factory=list)
+    records: int = 0
+    duplicates: int = 0
 
 
 def check_schema(headers: list[tuple[str, bytes]] | None) -> None:
@@ -135,19 +134,16 @@ def keep_first_event_ids(chunk: Chunk, seen: set[str]) -> np.ndarray | None:
 
 
 class ReadUsageEvents(beam.DoFn):
-    """OffsetRange -> pre-aggregated Partials; call ids and dead records go to tagged outputs.
+    """OffsetRange -> ReadResults: a pre-aggregated Partial per chunk, then the range's calls and dead records.
 
     A producer call delivered twice (a timed-out send that arrived after all,
     plus its spooled copy; a collector replaying its spool after a crash) has
     the same call id, which is the record key, on the same partition. The
     reader drops a call id already counted in this range or in an earlier run
     within the dedup horizon (the store's ``seen_batches``), and drops repeated
-    event ids inside a range for producers that set them. Poison records go to
-    the DEAD output; their offsets still advance with the range.
+    event ids inside a range for producers that set them. Poison records are
+    returned for the dead-letter topic; their offsets still advance with the range.
     """
-
-    NEW_CALLS = "new_calls"
-    DEAD = "dead"
 
     def __init__(self, bootstrap: str, store_url: str = "", dedup_horizon_s: float = 3600.0,
                  chunk_events: int = 200_000, poll_timeout_ms: int = 1000, max_idle_polls: int = 30) -> None:
@@ -211,7 +207,7 @@ class ReadUsageEvents(beam.DoFn):
         self.events.inc(partial.events)
         return partial, dropped
 
-    def process(self, rng: OffsetRange) -> Iterator[Partial | beam.pvalue.TaggedOutput]:
+    def process(self, rng: OffsetRange) -> Iterator[ReadResult]:
         consumer = self._consumer
         assert consumer is not None, "setup() not called"
         tp = TopicPartition(rng.topic, rng.partition)
@@ -220,6 +216,7 @@ class ReadUsageEvents(beam.DoFn):
         seen_calls = self._seen_calls(rng)
         seen_events: set[str] = set()
         new_calls: list[tuple[str, int, str, int]] = []
+        dead: list[DeadRecord] = []
         builder = new_builder()
         records_read = duplicates = 0
         idle = 0
@@ -247,8 +244,8 @@ class ReadUsageEvents(beam.DoFn):
                     log.warning("record sent to the dead-letter topic",
                                 extra={"topic": rng.topic, "partition": rng.partition, "offset": record.offset,
                                        "reason": str(exc)[:200]})
-                    yield beam.pvalue.TaggedOutput(self.DEAD, DeadRecord(rng.topic, rng.partition, record.offset,
-                                                                         str(exc)[:500], record.key, record.value))
+                    dead.append(DeadRecord(rng.topic, rng.partition, record.offset, str(exc)[:500], record.key,
+                                           record.value))
                     continue
                 call_id = call_id or (record.key or b"").decode("utf-8", "replace")
                 if call_id and call_id in seen_calls:
@@ -262,9 +259,9 @@ class ReadUsageEvents(beam.DoFn):
                 if builder.n >= self.chunk_events:
                     partial, dropped = self._flush(builder, seen_events)
                     duplicates += dropped
-                    yield partial
+                    yield ReadResult(partial=partial)
         if builder.n:
             partial, dropped = self._flush(builder, seen_events)
             duplicates += dropped
-            yield partial
-        yield beam.pvalue.TaggedOutput(self.NEW_CALLS, RangeSummary(new_calls, records_read, duplicates))
+            yield ReadResult(partial=partial)
+        yield ReadResult(new_calls=new_calls, dead=dead, records=records_read, duplicates=duplicates)

@@ -17,8 +17,13 @@ class StoreError(RuntimeError):
     """The store cannot be used; the message says why."""
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """Create an engine for ``url`` (``sqlite:///file.db`` or ``postgresql+psycopg://...``).
+
+    On SQLite a writer's transaction takes the write lock at its start
+    (``BEGIN IMMEDIATE``), so two writers queue instead of failing mid-way;
+    a ``readonly`` engine (analysts, dashboards, checks) begins deferred and
+    refuses writes, so readers never wait for the pipeline's commit (WAL).
 
     Raises:
         StoreError: the URL is malformed or names an unsupported database.
@@ -37,8 +42,13 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; issue it ourselves so
         # a write transaction takes SQLite's write lock at its start (BEGIN IMMEDIATE).
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+        if readonly:
+            event.listen(engine, "connect", lambda dbapi_conn, _r: dbapi_conn.execute("PRAGMA query_only=ON"))
         return engine
+    if readonly:
+        return create_engine(parsed, pool_pre_ping=True, execution_options={"postgresql_readonly": True})
     return create_engine(parsed, pool_pre_ping=True)
 
 
