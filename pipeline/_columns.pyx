@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline import decode as _decode
 from pipeline.decode import MAX_EVENTS_PER_RECORD, Chunk, PoisonRecord, message_columns
+from schemas.apim.usage.v1 import usage_event_columns_pb2 as _cols_pb
 
 # Column kinds as C constants (comparing a C int with a Python-level constant costs a Python call).
 cdef enum:
@@ -33,6 +34,12 @@ DEF MAX_FIELD = 1003
 DEF MAX_SLOTS = 64
 DEF COUNT_FIELD = 1000
 DEF HEADER_FIELD = 1001
+# How a declared UsageEventColumns field outside the spec is checked when skipped: protobuf parses
+# (and validates) every declared field, so skipping one unchecked would accept records it rejects.
+DEF SKIP_UNKNOWN = 0
+DEF SKIP_STRINGS = 1
+DEF SKIP_VARINTS = 2
+DEF SKIP_DOUBLES = 3
 
 
 class Unsupported(ValueError):
@@ -77,6 +84,54 @@ cdef inline Py_ssize_t _skip(const unsigned char* buf, Py_ssize_t pos, Py_ssize_
     return pos
 
 
+cdef int _check_utf8(const unsigned char* p, Py_ssize_t n) except -1:
+    """Raises UnicodeDecodeError (the caller falls back) when protobuf would reject the string."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word, seen = 0
+    while i + 8 <= n:  # ASCII test a word at a time, no early exit (vectorisable)
+        memcpy(&word, p + i, 8)
+        seen |= word
+        i += 8
+    while i < n:
+        seen |= p[i]
+        i += 1
+    if seen & 0x8080808080808080ULL:
+        PyUnicode_DecodeUTF8(<const char*>p, n, "strict")
+    return 0
+
+
+cdef int _check_skipped(int how, const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end) except -1:
+    """Validate a length-delimited declared field the spec does not read, as protobuf would parse it."""
+    cdef uint64_t tag, length
+    cdef int run = 0
+    if how == SKIP_DOUBLES:
+        if (end - pos) % 8:
+            raise Unsupported("packed doubles not a multiple of 8 bytes")
+    elif how == SKIP_VARINTS:  # whole varints of at most 10 bytes, as _varint reads them
+        while pos < end:
+            run = run + 1 if buf[pos] & 0x80 else 0
+            if run > 9:
+                raise Unsupported("varint too long")
+            pos += 1
+        if run:
+            raise Unsupported("truncated varint")
+    elif how == SKIP_STRINGS:  # a StringColumn: values (1) must be UTF-8, codes (2) packed varints
+        while pos < end:
+            tag = _varint(buf, &pos, end)
+            if tag == ((1 << 3) | 2) or tag == ((2 << 3) | 2):
+                length = _varint(buf, &pos, end)
+                if length > <uint64_t>(end - pos):
+                    raise Unsupported("truncated field")
+                if tag == ((1 << 3) | 2):
+                    _check_utf8(buf + pos, <Py_ssize_t>length)
+                else:
+                    _check_skipped(SKIP_VARINTS, buf, pos, pos + <Py_ssize_t>length)
+                pos += <Py_ssize_t>length
+            else:
+                pos = _skip(buf, pos, end, tag)
+    return 0
+
+
 cdef class CompiledChunkBuilder:
     cdef public tuple spec
     cdef public Py_ssize_t n
@@ -88,6 +143,7 @@ cdef class CompiledChunkBuilder:
     cdef void* _ptr[MAX_SLOTS]
     cdef Py_ssize_t _len[MAX_SLOTS]
     cdef uint8_t _string_seen[MAX_SLOTS]
+    cdef uint8_t _skip_how[MAX_FIELD]
     cdef list _arrays
     cdef list _index
     cdef list _names
@@ -102,6 +158,15 @@ cdef class CompiledChunkBuilder:
             raise ValueError(f"at most {MAX_SLOTS} columns")
         for i in range(MAX_FIELD):
             self._slot_of[i] = -1
+            self._skip_how[i] = SKIP_UNKNOWN
+        for fd in _cols_pb.UsageEventColumns.DESCRIPTOR.fields:
+            if 0 < fd.number < MAX_FIELD and fd.number not in (COUNT_FIELD, HEADER_FIELD):
+                if fd.message_type is not None:
+                    self._skip_how[fd.number] = SKIP_STRINGS
+                elif fd.type == fd.TYPE_DOUBLE:
+                    self._skip_how[fd.number] = SKIP_DOUBLES
+                else:
+                    self._skip_how[fd.number] = SKIP_VARINTS
         self._nslots = len(self.spec)
         self._names = []
         for i, col in enumerate(self.spec):
@@ -302,13 +367,26 @@ cdef class CompiledChunkBuilder:
                             raise Unsupported("truncated call id")
                         call_id = PyUnicode_DecodeUTF8(<const char*>buf + pos, <Py_ssize_t>length, "strict")
                         pos += <Py_ssize_t>length
+                    elif (tag >> 3) == 1 and (tag & 7) == 2:  # producer_id: skipped, but must be UTF-8
+                        length = _varint(buf, &pos, sub_end)
+                        if length > <uint64_t>(sub_end - pos):
+                            raise Unsupported("truncated producer id")
+                        _check_utf8(buf + pos, <Py_ssize_t>length)
+                        pos += <Py_ssize_t>length
                     else:
                         pos = _skip(buf, pos, sub_end, tag)
                 continue
             if fnum <= 0 or fnum >= MAX_FIELD or self._slot_of[fnum] < 0:
                 if fnum in (COUNT_FIELD, HEADER_FIELD):
                     raise Unsupported("count or header with an unexpected wire type")
-                pos = _skip(buf, pos, end, tag)
+                if wire == 2 and 0 < fnum < MAX_FIELD and self._skip_how[fnum] != SKIP_UNKNOWN:
+                    length = _varint(buf, &pos, end)
+                    if length > <uint64_t>(end - pos):
+                        raise Unsupported("truncated field")
+                    _check_skipped(self._skip_how[fnum], buf, pos, pos + <Py_ssize_t>length)
+                    pos += <Py_ssize_t>length
+                else:
+                    pos = _skip(buf, pos, end, tag)
                 continue
             slot = self._slot_of[fnum]
             kind = self._kind[slot]

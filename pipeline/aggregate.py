@@ -115,7 +115,9 @@ def _time_codes(ms: np.ndarray, unit: int) -> tuple[np.ndarray, int, np.ndarray]
 def _isum(g: np.ndarray, ng: int, weights: np.ndarray | None = None) -> np.ndarray:
     if weights is None:
         return np.bincount(g, minlength=ng).astype(np.int64)
-    return np.rint(np.bincount(g, weights=weights, minlength=ng)).astype(np.int64)
+    out = np.zeros(ng, np.int64)  # integer adds: a float bincount rounds once a sum passes 2**53
+    np.add.at(out, g, np.asarray(weights).astype(np.int64))
+    return out
 
 
 class _Dims:
@@ -166,8 +168,8 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
     code = dims.number("response_code")
     throttled = dims.number("throttled_out").astype(bool)
     fault = dims.number("fault").astype(bool)
-    req_b = dims.number("request_size_bytes").astype(np.float64)
-    resp_b = dims.number("response_size_bytes").astype(np.float64)
+    req_b = dims.number("request_size_bytes").astype(np.int64)
+    resp_b = dims.number("response_size_bytes").astype(np.int64)
     lat_ms = np.nan_to_num(dims.number("response_latency_ms"), nan=0.0, posinf=0.0, neginf=0.0).clip(0, 1e12)
     lat_us = np.rint(lat_ms * 1000.0).astype(np.int64)
     backend_us = np.rint(np.nan_to_num(dims.number("backend_latency_ms"), nan=0.0, posinf=0.0, neginf=0.0)
@@ -186,8 +188,8 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
         "requests": _isum(g, ng), "count_2xx": classes[:, 0], "count_3xx": classes[:, 1],
         "count_4xx": classes[:, 2], "count_5xx": classes[:, 3], "faults": _isum(g, ng, fault),
         "throttled_out": _isum(g, ng, throttled), "request_bytes": _isum(g, ng, req_b),
-        "response_bytes": _isum(g, ng, resp_b), "latency_sum_us": _isum(g, ng, lat_us.astype(np.float64)),
-        "backend_latency_sum_us": _isum(g, ng, backend_us.astype(np.float64)),
+        "response_bytes": _isum(g, ng, resp_b), "latency_sum_us": _isum(g, ng, lat_us),
+        "backend_latency_sum_us": _isum(g, ng, backend_us),
     }
     hist = np.bincount(g * BUCKET_COUNT + bucket_of(lat_ms), minlength=ng * BUCKET_COUNT).reshape(ng, BUCKET_COUNT)
     for i, name in enumerate(HIST_COLUMNS):
@@ -212,8 +214,7 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
     g, ng, rep = _group(n, [(hour, hcard), *(dims.part(d) for d in DESTINATION_DIMENSIONS)])
     destination = {"bucket_ms": hour_ms[rep], **{d: dims.column(d, rep) for d in DESTINATION_DIMENSIONS},
                    "requests": _isum(g, ng), "count_5xx": _isum(g, ng, (cls == 5)), "faults": _isum(g, ng, fault),
-                   "latency_sum_us": _isum(g, ng, lat_us.astype(np.float64)),
-                   "backend_latency_sum_us": _isum(g, ng, backend_us.astype(np.float64))}
+                   "latency_sum_us": _isum(g, ng, lat_us), "backend_latency_sum_us": _isum(g, ng, backend_us)}
 
     throttle = _throttle_counts(dims, minute, mcard, minute_ms, ~throttled, req_b + resp_b)
     apis = _catalog(dims, ("api_name", "api_version", *API_ATTRS), ts)
@@ -281,7 +282,8 @@ def _merge_catalog(frame: pd.DataFrame, key: Sequence[str], attrs: Sequence[str]
     """One row per key: the attributes of the latest sighting, first/last seen over all."""
     if not len(frame):
         return frame
-    latest = frame.sort_values("last_ms", kind="stable").drop_duplicates(list(key), keep="last")
+    # ties on last_ms go to the greatest attributes, so the result does not depend on the order of partials
+    latest = frame.sort_values(["last_ms", *attrs], kind="stable").drop_duplicates(list(key), keep="last")
     spans = frame.groupby(list(key), sort=False, as_index=False).agg(first_ms=("first_ms", "min"),
                                                                      last_ms=("last_ms", "max"))
     return latest[[*key, *attrs]].merge(spans, on=list(key))
@@ -292,8 +294,7 @@ def merge(partials: Iterable[Partial]) -> Partial:
     parts = [p for p in partials if p is not None]
     if not parts:
         return empty_partial()
-    if len(parts) == 1:
-        return parts[0]
+    # a single partial is regrouped too: a chunk's catalogs hold a row per attribute combination
 
     def cat(name: str) -> pd.DataFrame:
         return pd.concat([getattr(p, name) for p in parts], ignore_index=True)

@@ -57,13 +57,16 @@ def bucket_estimate(index: int) -> float:
     return 2 * lower * upper / (lower + upper)
 
 
+# The lower bounds of buckets 1 .. BUCKET_COUNT - 1, the very floats bucket_bounds reports: a latency's
+# bucket is the number of them it reaches (a log-based index misplaces values at the edges).
+_LOWER_EDGES = np.array([GAMMA ** (index - 1) for index in range(1, BUCKET_COUNT)])
+
+
 def bucket_of(latency_ms: np.ndarray) -> np.ndarray:
     """Bucket index per latency (vectorised; negative and NaN latencies go to bucket 0)."""
     x = np.asarray(latency_ms, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        k = np.floor(np.log(np.where(x >= 1.0, x, 1.0)) / _LOG_GAMMA) + 1
-    k = np.where(x >= 1.0, k, 0)
-    return np.clip(k, 0, BUCKET_COUNT - 1).astype(np.int64)
+    k = np.searchsorted(_LOWER_EDGES, x, side="right")
+    return np.where(x >= 1.0, k, 0).astype(np.int64)
 
 
 def percentile(counts: Sequence[int], q: float) -> float | None:
