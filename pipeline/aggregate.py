@@ -146,8 +146,10 @@ class _Dims:
         """Template when the event has one, else the normalised path; equal strings share one code."""
         t_codes, t_values = self.codes["api_resource_template"], self.values["api_resource_template"]
         p_codes, p_values = self.codes["api_resource_path"], self.values["api_resource_path"]
-        combined = np.where(t_codes != 0, t_codes, len(t_values) + p_codes)
-        texts = [*t_values, *(normalise_path(p) for p in p_values)]
+        untemplated = t_codes == 0
+        combined = np.where(untemplated, len(t_values) + p_codes, t_codes)
+        needed = set(np.unique(p_codes[untemplated]).tolist()) if untemplated.any() else set()
+        texts = [*t_values, *(normalise_path(p) if i in needed else "" for i, p in enumerate(p_values))]
         index: dict[str, int] = {}
         lut = np.fromiter((index.setdefault(s, len(index)) for s in texts), np.int64, len(texts))
         self.codes["resource_template"] = lut[combined]
@@ -216,9 +218,15 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
                    "requests": _isum(g, ng), "count_5xx": _isum(g, ng, (cls == 5)), "faults": _isum(g, ng, fault),
                    "latency_sum_us": _isum(g, ng, lat_us), "backend_latency_sum_us": _isum(g, ng, backend_us)}
 
-    throttle = _throttle_counts(dims, minute, mcard, minute_ms, ~throttled, req_b + resp_b)
-    apis = _catalog(dims, ("api_name", "api_version", *API_ATTRS), ts)
-    applications = _catalog(dims, ("application_id", *APP_ATTRS), ts)
+    # Regrouped here, so that every Partial is fully merged and merge() of one partial is the identity:
+    # a chunk's catalogs hold a row per attribute combination, and distinct code combinations can join
+    # to the same throttle key string.
+    throttle = _regroup(_throttle_counts(dims, minute, mcard, minute_ms, ~throttled, req_b + resp_b),
+                        THROTTLE_KEY, _sum_agg(("requests", "bytes")))
+    apis = _merge_catalog(_catalog(dims, ("api_name", "api_version", *API_ATTRS), ts), ("api_name", "api_version"),
+                          API_ATTRS)
+    applications = _merge_catalog(_catalog(dims, ("application_id", *APP_ATTRS), ts), ("application_id",),
+                                  APP_ATTRS)
     return Partial(usage=pd.DataFrame(usage), user_day=pd.DataFrame(user_day), destination=pd.DataFrame(destination),
                    throttle=throttle, apis=apis, applications=applications, events=n)
 
@@ -294,7 +302,8 @@ def merge(partials: Iterable[Partial]) -> Partial:
     parts = [p for p in partials if p is not None]
     if not parts:
         return empty_partial()
-    # a single partial is regrouped too: a chunk's catalogs hold a row per attribute combination
+    if len(parts) == 1:  # aggregate_chunk returns fully merged partials
+        return parts[0]
 
     def cat(name: str) -> pd.DataFrame:
         return pd.concat([getattr(p, name) for p in parts], ignore_index=True)

@@ -29,6 +29,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, delete, select
 
@@ -36,7 +37,7 @@ from pipeline.aggregate import RunFacts
 from pipeline.kafka_source import OffsetRange
 from store import tables as t
 from store.throttle import ThrottleCount, apply_counts
-from store.upsert import merge_upsert, replace_upsert
+from store.upsert import merge_columns, merge_upsert, replace_upsert
 
 log = logging.getLogger(__name__)
 
@@ -97,52 +98,57 @@ def _lock_and_check(conn: Connection, plan: Sequence[OffsetRange]) -> None:
                 f"{r.topic}[{r.partition}] is at offset {have} in the store, this run planned {r.start}")
 
 
-def _rows(frame: pd.DataFrame, key: Sequence[str], times: Sequence[str] = ("bucket_ms",),
-          rename: dict[str, str] | None = None) -> list[dict]:
-    """A frame as upsert rows: epoch-ms columns become naive UTC datetimes, sorted by key (stable lock order)."""
+def _columns(frame: pd.DataFrame, key: Sequence[str], times: Sequence[str] = ("bucket_ms",),
+             rename: dict[str, str] | None = None) -> dict[str, list]:
+    """A frame as plain-Python columns for :func:`merge_columns`: epoch-ms columns become naive UTC
+    datetimes, rows sorted by key (a stable lock order on PostgreSQL)."""
     if not len(frame):
-        return []
-    frame = frame.copy()
-    for col in times:
-        frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="ms").dt.to_pydatetime()
+        return {}
     frame = frame.rename(columns={"bucket_ms": "bucket_start", **(rename or {})})
+    times = [{"bucket_ms": "bucket_start", **(rename or {})}.get(c, c) for c in times]
     frame = frame.sort_values(list(key), kind="stable")
-    return frame.to_dict("records")
+    out: dict[str, list] = {}
+    for name in frame.columns:
+        values = frame[name].to_numpy()
+        if name in times:
+            values = values.astype(np.int64).astype("datetime64[ms]").astype(object)
+        out[name] = values.tolist()
+    return out
 
 
 def write_facts(conn: Connection, facts: RunFacts, *, now: dt.datetime, near_limit_ratio: float) -> int:
     """Step 3 of the protocol: every fact table, in the caller's transaction. Returns rows written."""
     written = 0
     for granularity, frame in facts.usage.items():
-        written += merge_upsert(conn, t.USAGE_TABLES[granularity], _rows(frame, t.USAGE_KEY_COLUMNS),
-                                key=t.USAGE_KEY_COLUMNS, sums=t.USAGE_SUM_COLUMNS, mins=t.USAGE_MIN_COLUMNS,
-                                maxs=t.USAGE_MAX_COLUMNS)
-    written += merge_upsert(conn, t.usage_user_day, _rows(facts.user_day, t.USER_DAY_KEY_COLUMNS),
-                            key=t.USER_DAY_KEY_COLUMNS, sums=t.USER_DAY_SUM_COLUMNS)
+        written += merge_columns(conn, t.USAGE_TABLES[granularity], _columns(frame, t.USAGE_KEY_COLUMNS),
+                                 key=t.USAGE_KEY_COLUMNS, sums=t.USAGE_SUM_COLUMNS, mins=t.USAGE_MIN_COLUMNS,
+                                 maxs=t.USAGE_MAX_COLUMNS)
+    written += merge_columns(conn, t.usage_user_day, _columns(facts.user_day, t.USER_DAY_KEY_COLUMNS),
+                             key=t.USER_DAY_KEY_COLUMNS, sums=t.USER_DAY_SUM_COLUMNS)
     dest_key = ("bucket_start", *t.DESTINATION_DIMENSIONS)
     for granularity, frame in facts.destination.items():
-        written += merge_upsert(conn, t.DESTINATION_TABLES[granularity], _rows(frame, dest_key), key=dest_key,
-                                sums=t.DESTINATION_SUM_COLUMNS)
+        written += merge_columns(conn, t.DESTINATION_TABLES[granularity], _columns(frame, dest_key), key=dest_key,
+                                 sums=t.DESTINATION_SUM_COLUMNS)
     api_key = ("api_name", "api_version")
-    written += merge_upsert(conn, t.api_last_access,
-                            _rows(facts.last_access, api_key, ("last_ms",), {"last_ms": "last_access"}),
-                            key=api_key, maxs=("last_access",), latest=("api_context",), latest_by="last_access")
+    written += merge_columns(conn, t.api_last_access,
+                             _columns(facts.last_access, api_key, ("last_ms",), {"last_ms": "last_access"}),
+                             key=api_key, maxs=("last_access",), latest=("api_context",), latest_by="last_access")
     catalog_times = ("first_ms", "last_ms")
     catalog_names = {"first_ms": "first_seen", "last_ms": "last_seen"}
-    written += merge_upsert(conn, t.api_catalog, _rows(facts.apis, api_key, catalog_times, catalog_names),
-                            key=api_key, mins=("first_seen",), maxs=("last_seen",),
-                            latest=("api_context", "api_id", "api_creator", "api_creator_tenant_domain"))
-    written += merge_upsert(conn, t.application_catalog,
-                            _rows(facts.applications, ("application_id",), catalog_times, catalog_names),
-                            key=("application_id",), mins=("first_seen",), maxs=("last_seen",),
-                            latest=("application_name", "application_owner", "application_tier"))
+    written += merge_columns(conn, t.api_catalog, _columns(facts.apis, api_key, catalog_times, catalog_names),
+                             key=api_key, mins=("first_seen",), maxs=("last_seen",),
+                             latest=("api_context", "api_id", "api_creator", "api_creator_tenant_domain"))
+    written += merge_columns(conn, t.application_catalog,
+                             _columns(facts.applications, ("application_id",), catalog_times, catalog_names),
+                             key=("application_id",), mins=("first_seen",), maxs=("last_seen",),
+                             latest=("application_name", "application_owner", "application_tier"))
     admitted = [{"api_name": a, "api_version": v, "resource_template": r, "first_seen": now}
                 for (a, v), resources in sorted(facts.admitted.items()) for r in sorted(resources)]
     written += merge_upsert(conn, t.api_resources, admitted, key=("api_name", "api_version", "resource_template"),
                             mins=("first_seen",))
     fold_key = ("bucket_start", "api_name", "api_version")
-    written += merge_upsert(conn, t.resource_folds, _rows(facts.folds, fold_key), key=fold_key,
-                            sums=("folded_requests",))
+    written += merge_columns(conn, t.resource_folds, _columns(facts.folds, fold_key), key=fold_key,
+                             sums=("folded_requests",))
     counts = [ThrottleCount(level, key, policy, utc_from_ms(ms), int(req), int(nbytes))
               for level, key, policy, ms, req, nbytes in facts.throttle[
                   ["level", "throttle_key", "policy", "bucket_ms", "requests", "bytes"]].itertuples(index=False)]
@@ -178,7 +184,10 @@ def _remember_calls(conn: Connection, new_calls: Iterable[tuple[str, int, str, i
                     horizon_s: float) -> None:
     sb = t.seen_batches
     conn.execute(delete(sb).where(sb.c.committed_at < now - dt.timedelta(seconds=horizon_s)))
-    rows = [{"topic": tp, "partition": p, "call_id": c, "record_offset": o, "committed_at": now}
-            for tp, p, c, o in {(tp, p, c): (tp, p, c, o) for tp, p, c, o in new_calls}.values()]
-    rows.sort(key=lambda r: (r["topic"], r["partition"], r["call_id"]))
-    replace_upsert(conn, sb, rows, key=("topic", "partition", "call_id"))
+    calls = sorted({(tp, p, c): o for tp, p, c, o in new_calls}.items())
+    if not calls:
+        return
+    merge_columns(conn, sb, {"topic": [k[0] for k, _ in calls], "partition": [k[1] for k, _ in calls],
+                             "call_id": [k[2] for k, _ in calls], "record_offset": [o for _, o in calls],
+                             "committed_at": [now] * len(calls)},
+                  key=("topic", "partition", "call_id"), replace=("record_offset", "committed_at"))

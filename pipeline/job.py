@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from kafka import KafkaConsumer
 
-from pipeline.aggregate import empty_partial, finish, merge
+from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
 from pipeline.kafka_source import DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, plan_ranges
 from pipeline.settings import PipelineSettings
@@ -52,34 +52,39 @@ class RunResult:
 
 
 class MergeReadResults(beam.CombineFn):
-    """ReadResults -> one ReadResult for the run; partials are compacted as they come, so memory
-    holds a few partials (small frames), not one per chunk."""
+    """ReadResults -> one ReadResult for the run. Partials wait in a list and are merged eight at a
+    time, so memory holds a few partials (small frames), and no partial is regrouped over and over."""
 
     COMPACT_AT = 8
 
-    def create_accumulator(self) -> ReadResult:
-        return ReadResult(partial=None)
+    def create_accumulator(self) -> tuple[list[Partial], ReadResult]:
+        return [], ReadResult()
 
-    def add_input(self, acc: ReadResult, item: ReadResult) -> ReadResult:
-        return self.merge_accumulators([acc, item])
+    def add_input(self, acc: tuple[list[Partial], ReadResult], item: ReadResult) -> tuple[list[Partial], ReadResult]:
+        partials, totals = acc
+        if item.partial is not None:
+            partials.append(item.partial)
+            if len(partials) >= self.COMPACT_AT:
+                partials[:] = [merge(partials)]
+        totals.new_calls.extend(item.new_calls)
+        totals.dead.extend(item.dead)
+        totals.records += item.records
+        totals.duplicates += item.duplicates
+        return acc
 
-    def merge_accumulators(self, accs: Iterable[ReadResult]) -> ReadResult:
-        out = ReadResult()
-        partials = []
-        for acc in accs:
-            if acc.partial is not None:
-                partials.append(acc.partial)
-            out.new_calls.extend(acc.new_calls)
-            out.dead.extend(acc.dead)
-            out.records += acc.records
-            out.duplicates += acc.duplicates
-        out.partial = merge(partials) if partials else None
+    def merge_accumulators(self, accs: Iterable[tuple[list[Partial], ReadResult]]
+                           ) -> tuple[list[Partial], ReadResult]:
+        out: tuple[list[Partial], ReadResult] = ([], ReadResult())
+        for partials, totals in accs:
+            for p in partials:
+                self.add_input(out, ReadResult(partial=p))
+            self.add_input(out, totals)
         return out
 
-    def extract_output(self, acc: ReadResult) -> ReadResult:
-        if acc.partial is None:
-            acc.partial = empty_partial()
-        return acc
+    def extract_output(self, acc: tuple[list[Partial], ReadResult]) -> ReadResult:
+        partials, totals = acc
+        totals.partial = merge(partials) if partials else empty_partial()
+        return totals
 
 
 class DeadLetters:

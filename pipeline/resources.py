@@ -14,6 +14,7 @@ crashed run that is replayed folds exactly the same resources.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -31,6 +32,7 @@ _ID_SEGMENT = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def normalise_path(path: str) -> str:
     """A raw request path as a template: no query or fragment, id-like segments as ``{id}``."""
     path = path.split("?", 1)[0].split("#", 1)[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from collector.columns import BatchRecord, partitioned_records
 from collector.credentials import CredentialResolver, SubscriptionCatalog
@@ -33,10 +34,10 @@ class Feed:
     events: int = 0
 
 
-def simulated_calls(*, seed: int, rate: float, duration_s: float, start_ms: int, partitions: int,
-                    batch_size: int = 100, feed: Feed | None = None,
-                    requests: list[SimRequest] | None = None) -> Iterator[tuple[str, list[BatchRecord]]]:
-    """Yield (call id, the call's records) for simulated traffic; ``feed`` collects the ground truth."""
+def simulated_events(*, seed: int, rate: float, duration_s: float, start_ms: int, batch_size: int = 100,
+                     feed: Feed | None = None,
+                     requests: list[SimRequest] | None = None) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Yield (call id, the call's mapped events) for simulated traffic; ``feed`` collects the ground truth."""
     catalog = build_catalog(seed=seed)
     credentials = Credentials(catalog, shared_signing_key(), start_ms=start_ms, duration_s=duration_s)
     if requests is None:
@@ -55,5 +56,14 @@ def simulated_calls(*, seed: int, rate: float, duration_s: float, start_ms: int,
         if feed is not None:
             feed.calls += 1
             feed.events += len(mapped.events)
-        yield call_id, partitioned_records(mapped.events, partitions=partitions, call_id=call_id,
+        yield call_id, mapped.events
+
+
+def simulated_calls(*, seed: int, rate: float, duration_s: float, start_ms: int, partitions: int,
+                    batch_size: int = 100, feed: Feed | None = None,
+                    requests: list[SimRequest] | None = None) -> Iterator[tuple[str, list[BatchRecord]]]:
+    """Yield (call id, the call's records, as the collector publishes them) for simulated traffic."""
+    for call_id, events in simulated_events(seed=seed, rate=rate, duration_s=duration_s, start_ms=start_ms,
+                                            batch_size=batch_size, feed=feed, requests=requests):
+        yield call_id, partitioned_records(events, partitions=partitions, call_id=call_id,
                                            producer_id="simulator-feed")
