@@ -26,6 +26,8 @@ import platform
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +77,8 @@ def produce(kafka: str, topic: str, events: int, partitions: int, rate: float, s
             "distinct_calls": len(calls), "events_per_copy": per_copy}
 
 
-def bench_pipeline(kafka: str, topic: str, store: str) -> dict:
-    settings = PipelineSettings(kafka=kafka, topic=topic, store=store, dead_letter_topic="")
+def bench_pipeline(kafka: str, topic: str, store: str, kafka_client: str = "kafka-python") -> dict:
+    settings = PipelineSettings(kafka=kafka, topic=topic, store=store, dead_letter_topic="", kafka_client=kafka_client)
     cpu0, t0 = own_cpu_s(), time.perf_counter()
     results = run(settings)
     wall, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0
@@ -155,6 +157,28 @@ def bench_stages(kafka: str, topic: str) -> dict:
             "merge_and_rollups_us": round(merge_finish / n * 1e6, 3)}
 
 
+@contextmanager
+def fresh_store(kind: str, sqlite_path: Path) -> Iterator[str]:
+    """An empty SQLite file or a private PostgreSQL schema, dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{sqlite_path}"
+        return
+    from sqlalchemy import text
+
+    from store.engine import make_engine
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
@@ -163,36 +187,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2000.0, help="simulated requests/s of the base traffic")
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--kafka-clients", default="kafka-python,confluent",
+                        help="pipeline runs to measure, one per Kafka client (the first is the headline)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
 
     topic = f"bench.pipeline.{uuid.uuid4().hex[:8]}"
     ensure_topic(args.kafka, topic, args.partitions)
     produced = produce(args.kafka, topic, args.events, args.partitions, args.rate, args.seed)
+    pipelines = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.store == "sqlite":
-            store = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        else:
-            from sqlalchemy import text
-
-            from store.engine import make_engine
-
-            schema = f"bench_{uuid.uuid4().hex[:8]}"
-            admin = make_engine(PG_URL)
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-            store = f"{PG_URL}?options=-csearch_path%3D{schema}"
-        pipeline = bench_pipeline(args.kafka, topic, store)
+        for client in args.kafka_clients.split(","):
+            with fresh_store(args.store, Path(tmp) / f"{client}.db") as store:
+                pipelines[client] = bench_pipeline(args.kafka, topic, store, client)
         baseline = bench_baseline(args.kafka, topic)
         stages = bench_stages(args.kafka, topic)
-        if args.store == "postgresql":
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
+    pipeline = pipelines[args.kafka_clients.split(",")[0]]
     results = {
         "benchmark": "pipeline", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "store": args.store, "produced": produced, "pipeline": pipeline, "pandas_baseline": baseline,
+        "store": args.store, "produced": produced, "pipeline": pipeline, "pipeline_by_kafka_client": pipelines,
+        "pandas_baseline": baseline,
         "stages_us_per_event": stages,
         "pipeline_cpu_vs_baseline": round(baseline["events_per_cpu_s"] / pipeline["events_per_cpu_s"], 2),
     }
@@ -202,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     p, b, s = pipeline, baseline, stages
     print(f"pipeline benchmark, {results['date']}, {os.cpu_count()} cores, {produced['events']:,} events in "
           f"{produced['records']:,} records ({produced['events_per_record']} per record), store {args.store}")
-    print(f"{'':<44}{'events/s (wall)':>16}{'events/CPU-s':>14}")
-    label = f"pipeline (Kafka -> Beam -> {args.store}, {p['runs']} runs)"
-    print(f"{label:<44}"
-          f"{p['events_per_s_wall']:>16,}{p['events_per_cpu_s']:>14,}")
-    print(f"{'pandas baseline (fetch, decode, groupby)':<44}{b['events_per_s_wall']:>16,}{b['events_per_cpu_s']:>14,}")
+    print(f"{'':<52}{'events/s (wall)':>16}{'events/CPU-s':>14}")
+    for client, q in pipelines.items():
+        label = f"pipeline ({client} -> Beam -> {args.store}, {q['runs']} runs)"
+        print(f"{label:<52}{q['events_per_s_wall']:>16,}{q['events_per_cpu_s']:>14,}")
+    print(f"{'pandas baseline (kafka-python, decode, groupby)':<52}{b['events_per_s_wall']:>16,}{b['events_per_cpu_s']:>14,}")
     print(f"pipeline uses {results['pipeline_cpu_vs_baseline']}x the baseline's CPU per event; "
           f"stages (us/event): fetch {s['fetch_us']}, decode {s['decode_us']}, aggregate {s['aggregate_chunk_us']}, "
           f"merge+rollups {s['merge_and_rollups_us']}; results in {path}")

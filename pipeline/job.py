@@ -171,8 +171,10 @@ def build_pipeline(p: beam.Pipeline, settings: PipelineSettings, plan: list[Offs
         | "PlanRanges" >> beam.Create(plan)
         | "SpreadRanges" >> beam.Reshuffle()
         | "ReadUsageEvents" >> beam.ParDo(ReadUsageEvents(settings.kafka, settings.store, settings.dedup_horizon_s,
-                                                          settings.chunk_events))
-        | "MergeReadResults" >> beam.CombineGlobally(MergeReadResults())
+                                                          settings.chunk_events, kafka_client=settings.kafka_client))
+        # without_defaults: every range emits a ReadResult, so the input is never empty, and the default
+        # value's side input would make the runner deep-size the whole merged result for its state cache
+        | "MergeReadResults" >> beam.CombineGlobally(MergeReadResults()).without_defaults()
         | "CommitRun" >> beam.ParDo(CommitRun(settings, plan, admitted))
     )
 
