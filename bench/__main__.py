@@ -3,7 +3,7 @@
 import sys
 
 from apim_analytics import logs
-from bench import collector_ceiling, kafka_records, spine
+from bench import collector_ceiling, kafka_records, pipeline, spine
 
 logs.configure("WARNING")
 status = spine.main(sys.argv[1:])
@@ -11,4 +11,8 @@ print()
 status |= kafka_records.main([])
 print()
 status |= collector_ceiling.main([])
+print()
+status |= pipeline.main(["--store", "sqlite"])
+print()
+status |= pipeline.main(["--store", "postgresql", "--kafka-clients", "kafka-python"])
 sys.exit(status)

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"pipeline-{args.store}-latest.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
-    p, b, s = pipeline, baseline, stages
+    b, s = baseline, stages
     print(f"pipeline benchmark, {results['date']}, {os.cpu_count()} cores, {produced['events']:,} events in "
           f"{produced['records']:,} records ({produced['events_per_record']} per record), store {args.store}")
     print(f"{'':<52}{'events/s (wall)':>16}{'events/CPU-s':>14}")

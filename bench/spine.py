@@ -26,15 +26,12 @@ import time
 import uuid
 from pathlib import Path
 
-import pandas as pd
-from kafka import KafkaConsumer, TopicPartition
 
 from apim_analytics.demo import _free_port, start_collector, stop_collector
 from bench.cpu import own_cpu_s, process_cpu_s
 from collector.topics import ensure_topic
 from pipeline.job import run_once
 from pipeline.settings import PipelineSettings
-from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
 from simulator.catalog import build_catalog
 from simulator.mixer import build_requests
 from simulator.sender import SendSettings, send
@@ -89,32 +86,9 @@ def bench_pipeline(kafka: str, topic: str, work: Path, max_records: int) -> dict
 
 def bench_pandas_baseline(kafka: str, topic: str) -> dict:
     """Read the same records, decode, group with pandas: the same work without Beam or SQL."""
-    cpu0, t0 = own_cpu_s(), time.perf_counter()
-    consumer = KafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, auto_offset_reset="earliest",
-                             max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-    ends = consumer.end_offsets(tps)
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    cols: dict[str, list] = {k: [] for k in ("ts", "api", "ver", "app", "tier", "code", "rq", "rs")}
-    names = {"ts": "request_timestamp_ms", "api": "api_name", "ver": "api_version", "app": "application_id",
-             "tier": "subscription_tier", "code": "response_code", "rq": "request_size_bytes",
-             "rs": "response_size_bytes"}
-    while any(consumer.position(tp) < ends[tp] for tp in tps):
-        for records in consumer.poll(timeout_ms=1000, max_records=5000).values():
-            for record in records:
-                batch = cols_pb.UsageEventColumns.FromString(record.value)
-                for k, name in names.items():
-                    cols[k].extend(getattr(batch, name))
-    consumer.close()
-    df = pd.DataFrame(cols)
-    df["bucket"] = df["ts"] - df["ts"] % 60_000
-    df["code"] = df["code"] // 100
-    grouped = df.groupby(["bucket", "api", "ver", "app", "tier", "code"]).agg(
-        requests=("rq", "size"), rq=("rq", "sum"), rs=("rs", "sum"))
-    wall, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0
-    return {"events": len(df), "groups": len(grouped), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-            "events_per_s_wall": round(len(df) / wall), "events_per_cpu_s": round(len(df) / cpu)}
+    from bench.pipeline import bench_baseline
+
+    return bench_baseline(kafka, topic)
 
 
 def main(argv: list[str] | None = None) -> int:

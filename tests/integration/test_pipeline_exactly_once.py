@@ -47,7 +47,7 @@ def produce(bootstrap: str, topic: str, *, seed: int, rate: float, duration_s: f
     """Simulated traffic through the collector's code path onto the topic; returns its ground truth."""
     feed = feed or Feed(GroundTruth())
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="lz4")
-    for call_id, records in simulated_calls(seed=seed, rate=rate, duration_s=duration_s, start_ms=start_ms,
+    for _call_id, records in simulated_calls(seed=seed, rate=rate, duration_s=duration_s, start_ms=start_ms,
                                             partitions=3, feed=feed):
         for r in records:
             producer.send(topic, r.value, key=r.batch_id.encode(), partition=r.partition, headers=HEADERS)
