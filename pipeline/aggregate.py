@@ -203,6 +203,7 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
     np.maximum.at(hi, g, lat_us)
     usage["latency_min_us"] = lo
     usage["latency_max_us"] = hi
+    usage_g, usage_ng, usage_rep = g, ng, rep
 
     # per-user daily usage
     day, dcard, day_ms = _time_codes(ts, DAY_MS)
@@ -221,8 +222,8 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
     # Regrouped here, so that every Partial is fully merged and merge() of one partial is the identity:
     # a chunk's catalogs hold a row per attribute combination, and distinct code combinations can join
     # to the same throttle key string.
-    throttle = _regroup(_throttle_counts(dims, minute, mcard, minute_ms, ~throttled, req_b + resp_b),
-                        THROTTLE_KEY, _sum_agg(("requests", "bytes")))
+    throttle = _regroup(_throttle_counts(dims, minute, mcard, minute_ms, ~throttled, req_b + resp_b,
+                                         usage_rep, usage_g, usage_ng), THROTTLE_KEY, _sum_agg(("requests", "bytes")))
     apis = _merge_catalog(_catalog(dims, ("api_name", "api_version", *API_ATTRS), ts), ("api_name", "api_version"),
                           API_ATTRS)
     applications = _merge_catalog(_catalog(dims, ("application_id", *APP_ATTRS), ts), ("application_id",),
@@ -232,32 +233,37 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
 
 
 def _throttle_counts(dims: _Dims, minute: np.ndarray, mcard: int, minute_ms: np.ndarray, admitted: np.ndarray,
-                     nbytes: np.ndarray) -> pd.DataFrame:
+                     nbytes: np.ndarray, usage_rep: np.ndarray, usage_g: np.ndarray, usage_ng: int) -> pd.DataFrame:
     """Admitted requests and bytes per throttle key, policy and minute (WSO2 keys, domain.md 4.2).
 
-    Throttled-out requests never reached the backend, so they do not use quota.
+    Throttled-out requests never reached the backend, so they do not use quota. The subscription and
+    API keys are coarser than the usage facts' key, so they are summed from the usage groups (far
+    fewer than events); the application key needs the user, so it is summed from events.
     """
-    idx = np.flatnonzero(admitted)
+    group_requests = _isum(usage_g, usage_ng, admitted)
+    group_bytes = _isum(usage_g, usage_ng, nbytes * admitted)
+    events = np.flatnonzero(admitted)
+    levels = (
+        ("subscription", ("application_id", "api_context", "api_version"), "subscription_tier",
+         usage_rep, group_requests, group_bytes),
+        ("application", ("application_id", "user_name"), "application_tier", events, None, nbytes[events]),
+        ("api", ("api_context", "api_version"), None, usage_rep, group_requests, group_bytes),
+    )
     frames = []
-    levels = {
-        "subscription": (("application_id", "api_context", "api_version"), "subscription_tier"),
-        "application": (("application_id", "user_name"), "application_tier"),
-        "api": (("api_context", "api_version"), None),
-    }
-    for level, (key_cols, policy_col) in levels.items():
+    for level, key_cols, policy_col, units, requests, nbytes_units in levels:
         cols = [*key_cols, policy_col] if policy_col else list(key_cols)
-        g, ng, rep = _group(len(idx), [(minute[idx], mcard), *((dims.codes[c][idx], len(dims.values[c]))
-                                                                for c in cols)])
-        rows = idx[rep]
-        parts = [dims.column(c, rows) for c in key_cols]
-        key = [":".join(t) for t in zip(*parts)]
+        g, ng, rep = _group(len(units), [(minute[units], mcard), *((dims.codes[c][units], len(dims.values[c]))
+                                                                   for c in cols)])
+        rows = units[rep]
+        key = [":".join(t) for t in zip(*(dims.column(c, rows) for c in key_cols))]
         policy = dims.column(policy_col, rows) if policy_col else np.full(ng, "", dtype=object)
         frame = pd.DataFrame({"level": np.full(ng, level, dtype=object), "throttle_key": np.asarray(key, dtype=object),
-                              "policy": policy, "bucket_ms": minute_ms[rows], "requests": _isum(g, ng),
-                              "bytes": _isum(g, ng, nbytes[idx])})
+                              "policy": policy, "bucket_ms": minute_ms[rows], "requests": _isum(g, ng, requests),
+                              "bytes": _isum(g, ng, nbytes_units)})
+        keep = frame["requests"] > 0  # keys whose every request was throttled out used no quota
         if level == "application":
-            frame = frame[frame["policy"] != ""]  # anonymous calls have no application policy
-        frames.append(frame)
+            keep &= frame["policy"] != ""  # anonymous calls have no application policy
+        frames.append(frame[keep])
     return pd.concat(frames, ignore_index=True)
 
 
