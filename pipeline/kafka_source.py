@@ -106,7 +106,7 @@ class KafkaPythonRanges:
                                        auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
                                        fetch_max_bytes=64 << 20, client_id="apim-pipeline-reader")
 
-    def read(self, rng: OffsetRange) -> Iterator[list[SourceRecord]]:
+    def read(self, rng: OffsetRange) -> Iterator[list]:  # of ConsumerRecord, which has SourceRecord's fields
         consumer = self._consumer
         tp = TopicPartition(rng.topic, rng.partition)
         consumer.assign([tp])
@@ -122,7 +122,8 @@ class KafkaPythonRanges:
                 time.sleep(0.01)
                 continue
             idle = 0
-            yield [SourceRecord(r.offset, r.key, r.value, r.headers) for r in records if r.offset < rng.end]
+            # kafka-python's ConsumerRecords have the SourceRecord fields: passed through, not copied
+            yield records if records[-1].offset < rng.end else [r for r in records if r.offset < rng.end]
 
     def close(self) -> None:
         self._consumer.close()

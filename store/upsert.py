@@ -152,7 +152,8 @@ def merge_columns(
     ordered = []
     for name in order:
         values = columns[name]
-        process = table.c[name].type.bind_processor(conn.dialect)
+        # the dialect's own type (generic DateTime has no processor; SQLite's DATETIME formats the string)
+        process = table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
         if process is not None:
             if isinstance(table.c[name].type, DateTime):  # few distinct values (buckets): convert each once
                 memo: dict[Any, Any] = {}

@@ -135,3 +135,22 @@ def test_throttle_counters_and_decisions_land_with_the_facts(store_url: str) -> 
                          ("application", "app-1:u0"): ("50PerMin", 15, 50, False, False),
                          ("application", "app-1:u1"): ("50PerMin", 15, 50, False, False)}
     engine.dispose()
+
+
+def test_bulk_merges_and_sqlalchemy_writes_share_one_row_per_key(store_url: str) -> None:
+    """The bulk path formats keys (datetimes on SQLite) exactly as SQLAlchemy does, so they conflict."""
+    engine = make_engine(store_url)
+    create_schema(engine)
+    dims = {"api_name": "PizzaAPI", "api_version": "1.0.0", "api_context": "/pizza/1.0.0", "application_id": "app-1",
+            "tier": "Gold", "key_type": "PRODUCTION", "resource_template": "/menu", "method": "GET"}
+    minute = dt.datetime(2023, 11, 14, 22, 14)
+    with engine.begin() as conn:
+        conn.execute(t.usage_minute.insert(), [{**dims, "bucket_start": minute, "requests": 5,
+                                                "latency_min_us": 1, "latency_max_us": 2}])
+    commit_run(engine, [OffsetRange("t", 0, 0, 1)], facts([event("app-1", 200)]))
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.usage_minute.c.bucket_start, t.usage_minute.c.requests)).all()
+        stored = conn.exec_driver_sql("select bucket_start from usage_minute").scalars().all()
+    assert rows == [(minute, 6)]
+    assert len(stored) == 1
+    engine.dispose()
