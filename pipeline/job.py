@@ -27,7 +27,8 @@ from kafka import KafkaConsumer
 
 from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
-from pipeline.kafka_source import DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, plan_ranges
+from pipeline import metrics
+from pipeline.kafka_source import DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, backlog, plan_ranges
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
 from store.retention import RetentionSettings, purge
@@ -227,8 +228,9 @@ def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False, group_id=None,
                              client_id="apim-pipeline-planner")
     try:
-        plan = plan_ranges(consumer, settings.topic, stored_offsets(engine, settings.topic),
-                           settings.max_records_per_run)
+        offsets = stored_offsets(engine, settings.topic)
+        plan = plan_ranges(consumer, settings.topic, offsets, settings.max_records_per_run)
+        metrics.BACKLOG.set(backlog(consumer, settings.topic, offsets))
         admitted = admitted_resources(engine) if plan else {}
     finally:
         consumer.close()
@@ -262,10 +264,23 @@ def run(settings: PipelineSettings, beam_args: list[str] | None = None, stop: th
     if settings.follow and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    _with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
+    health = metrics.Health(settings.unhealthy_after_s)
+    server = metrics.serve(settings.metrics_listen, health) if settings.follow and settings.metrics_listen else None
+    try:
+        _with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
+        _loop(settings, beam_args, stop, retention, health, results)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    return results
+
+
+def _loop(settings: PipelineSettings, beam_args: list[str] | None, stop: threading.Event,
+          retention: RetentionSettings, health: metrics.Health, results: list[RunResult]) -> None:
     runs = 0
     while not stop.is_set():
-        result = _with_retries(lambda: run_once(settings, beam_args), settings, stop, "pipeline run")
+        result = _with_retries(lambda: _observed_run(settings, beam_args, health), settings, stop, "pipeline run")
         if result is not None:
             results.append(result)
             runs += 1
@@ -277,7 +292,30 @@ def run(settings: PipelineSettings, beam_args: list[str] | None = None, stop: th
             stop.wait(settings.interval_s)
     if not settings.follow and results:
         _purge(settings, retention)
-    return results
+
+
+def _observed_run(settings: PipelineSettings, beam_args: list[str] | None, health: metrics.Health
+                  ) -> RunResult | None:
+    """One run, with its outcome exported."""
+    try:
+        result = run_once(settings, beam_args)
+    except Exception:
+        metrics.RUNS.labels("failed").inc()
+        raise
+    health.progressed()
+    if result is None:
+        metrics.RUNS.labels("empty").inc()
+        return None
+    metrics.RUNS.labels("committed").inc()
+    metrics.RECORDS.inc(result.records)
+    metrics.EVENTS.inc(result.events)
+    metrics.DUPLICATES.inc(result.duplicates)
+    metrics.DEAD_LETTERS.inc(result.undecodable)
+    metrics.FOLDED.inc(result.folded_requests)
+    metrics.FACT_ROWS.inc(result.fact_rows)
+    metrics.RUN_SECONDS.observe(result.seconds)
+    metrics.LAST_SUCCESS.set(time.time())
+    return result
 
 
 ONCE_ATTEMPTS = 3

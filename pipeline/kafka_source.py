@@ -78,6 +78,16 @@ def plan_ranges(
     return sorted(plan)
 
 
+def backlog(consumer: KafkaConsumer, topic: str, stored: Mapping[int, int]) -> int:
+    """Records waiting: high-water marks minus the store's offsets (earliest retained offset if none)."""
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    if not tps:
+        return 0
+    ends, begins = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+    return sum(max(0, ends[tp] - max(stored.get(tp.partition, begins[tp]), begins[tp])) for tp in tps)
+
+
 class DeadRecord(NamedTuple):
     """A record that cannot be counted, with where it was and why."""
 

@@ -264,6 +264,29 @@ def test_a_large_backlog_is_worked_off_in_bounded_runs(kafka_bootstrap: str, top
     assert_exact(store_url, feed.truth)
 
 
+def http_get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(port: int | None, name: str) -> float:
+    """A sample from the pipeline's /metrics (or, with no port, from this process's registry)."""
+    if port is None:
+        from prometheus_client import REGISTRY
+
+        return REGISTRY.get_sample_value(name) or 0.0
+    for line in http_get(port, "/metrics")[1].splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
 class Proxy:
     """A TCP forwarder to the real PostgreSQL that can be taken down and brought back."""
 
@@ -332,8 +355,13 @@ def test_the_database_unavailable_and_then_back(kafka_bootstrap: str, topic: str
         parsed = make_url(store_url)
         proxy = Proxy((parsed.host, parsed.port))
         url = parsed.set(port=proxy.port).render_as_string(hide_password=False)
-    s = settings(kafka_bootstrap, topic, url, follow=True, max_records_per_run=50)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    s = settings(kafka_bootstrap, topic, url, follow=True, max_records_per_run=50,
+                 metrics_listen=f"127.0.0.1:{port}", unhealthy_after_s=3.0)
     job.prepare_store(s)
+    events_before = metric(None, "apim_pipeline_events_total")
     stop = threading.Event()
     results: list = []
     worker = threading.Thread(target=lambda: results.extend(run(s, stop=stop)), daemon=True)
@@ -348,6 +376,7 @@ def test_the_database_unavailable_and_then_back(kafka_bootstrap: str, topic: str
     worker.start()
     time.sleep(6)  # the pipeline meets the outage and backs off
     assert scalar(store_url, select(func.count()).select_from(t.pipeline_runs)) == 0
+    assert http_get(port, "/healthz")[0] == 503  # records waiting, nothing committing
     if proxy is not None:
         proxy.up.set()
     else:
@@ -356,6 +385,12 @@ def test_the_database_unavailable_and_then_back(kafka_bootstrap: str, topic: str
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and scalar(store_url, select(func.sum(t.pipeline_runs.c.events))) < 6_000:
         time.sleep(0.5)
+    assert http_get(port, "/healthz") == (200, "ok\n")
+    assert metric(port, "apim_pipeline_events_total") - events_before == 6_000
+    deadline = time.monotonic() + 30  # the gauge is set when the next (empty) run is planned
+    while metric(port, "apim_pipeline_backlog_records") != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(port, "apim_pipeline_backlog_records") == 0
     stop.set()
     worker.join(60)
     if proxy is not None:
