@@ -15,8 +15,8 @@ class PipelineSettings:
     kafka: str = setting("127.0.0.1:9092", env="APIM_KAFKA_BOOTSTRAP",
                          help="Kafka bootstrap servers (comma-separated HOST:PORT)")
     topic: str = setting("apim.usage.v1", env="APIM_TOPIC", help="Kafka topic of usage events")
-    store: str = setting(DEFAULT_STORE_URL, env="APIM_STORE_URL",
-                         help="SQLAlchemy URL of the analytics store")
+    store: str = setting(DEFAULT_STORE_URL, env="APIM_STORE_URL", secret=True,
+                         help="SQLAlchemy URL of the analytics store (may hold a password: kept out of logs)")
     follow: bool = setting(False, env="APIM_PIPELINE_FOLLOW",
                            help="keep running: a new bounded run every --interval seconds (default: --once)")
     interval_s: float = setting(2.0, env="APIM_PIPELINE_INTERVAL_S", flag="--interval",

@@ -6,6 +6,8 @@ SQLite gets WAL and a busy timeout so the pipeline's writer and readers
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -15,6 +17,11 @@ DEFAULT_STORE_URL = "sqlite:///apim-analytics.db"
 
 class StoreError(RuntimeError):
     """The store cannot be used; the message says why."""
+
+
+def _redacted(url: str) -> str:
+    """A URL that did not parse, with anything between '://user:' and '@' hidden (it may be a password)."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
@@ -30,13 +37,14 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StoreError(f"store URL {url!r} is not a SQLAlchemy URL: {exc}") from exc
+    except (ArgumentError, ValueError) as exc:
+        raise StoreError(f"store URL {_redacted(url)!r} is not a SQLAlchemy URL") from exc
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if backend not in ("sqlite", "postgresql"):
-        raise StoreError(f"store URL {url!r}: only sqlite and postgresql are supported, not {backend}")
+        raise StoreError(f"store URL {parsed.render_as_string(hide_password=True)!r}: only sqlite and postgresql "
+                         f"are supported, not {backend}")
     if backend == "sqlite":
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
