@@ -135,6 +135,22 @@ def bench_stages(kafka: str, topic: str) -> dict:
     cpu0 = own_cpu_s()
     values = [r.value for r in _read_all(kafka, topic)]
     fetch = own_cpu_s() - cpu0
+    confluent_fetch = None
+    try:
+        from pipeline.kafka_source import ConfluentRanges, OffsetRange
+
+        consumer = KafkaConsumer(bootstrap_servers=kafka)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        ends = consumer.end_offsets(tps)
+        consumer.close()
+        cpu0 = own_cpu_s()
+        reader = ConfluentRanges(kafka)
+        got = sum(len(batch) for tp in tps for batch in reader.read(OffsetRange(topic, tp.partition, 0, ends[tp])))
+        reader.close()
+        confluent_fetch = own_cpu_s() - cpu0
+        assert got == len(values)
+    except ImportError:
+        pass
     cpu0 = own_cpu_s()
     builder = new_builder()
     chunks = []
@@ -153,6 +169,7 @@ def bench_stages(kafka: str, topic: str) -> dict:
     finish(merge(partials), {}, 200)
     merge_finish = own_cpu_s() - cpu0
     return {"events": n, "records": len(values), "fetch_us": round(fetch / n * 1e6, 3),
+            "fetch_confluent_us": round(confluent_fetch / n * 1e6, 3) if confluent_fetch is not None else None,
             "decode_us": round(decode / n * 1e6, 3), "aggregate_chunk_us": round(chunk_agg / n * 1e6, 3),
             "merge_and_rollups_us": round(merge_finish / n * 1e6, 3)}
 
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<52}{q['events_per_s_wall']:>16,}{q['events_per_cpu_s']:>14,}")
     print(f"{'pandas baseline (kafka-python, decode, groupby)':<52}{b['events_per_s_wall']:>16,}{b['events_per_cpu_s']:>14,}")
     print(f"pipeline uses {results['pipeline_cpu_vs_baseline']}x the baseline's CPU per event; "
-          f"stages (us/event): fetch {s['fetch_us']}, decode {s['decode_us']}, aggregate {s['aggregate_chunk_us']}, "
+          f"stages (us/event): fetch {s['fetch_us']} (confluent {s['fetch_confluent_us']}), decode {s['decode_us']}, aggregate {s['aggregate_chunk_us']}, "
           f"merge+rollups {s['merge_and_rollups_us']}; results in {path}")
     return 0
 
