@@ -41,6 +41,20 @@ class _DropKnownNoise(logging.Filter):
         return not str(record.msg).startswith("apitools not found")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time, not the stream current at configure time
+    (a process that swaps stderr, such as a test runner capturing output, must not leave the handler
+    writing to a closed stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 def configure(level: str | None = None) -> None:
     """Install the handler once on the root logger (idempotent)."""
     level_name = (level or os.environ.get("APIM_LOG_LEVEL", "INFO")).upper()
@@ -52,7 +66,7 @@ def configure(level: str | None = None) -> None:
     # basicConfig at import time, or every line would be printed twice.
     for existing in list(root.handlers):
         root.removeHandler(existing)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if os.environ.get("APIM_LOG_FORMAT", "json") == "text":
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
