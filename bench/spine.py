@@ -30,7 +30,7 @@ from pathlib import Path
 from apim_analytics.demo import _free_port, start_collector, stop_collector
 from bench.cpu import own_cpu_s, process_cpu_s
 from collector.topics import ensure_topic
-from pipeline.job import run_once
+from pipeline.job import prepare_store, run_once
 from pipeline.settings import PipelineSettings
 from simulator.catalog import build_catalog
 from simulator.mixer import build_requests
@@ -75,6 +75,7 @@ def bench_collector(kafka: str, topic: str, events: int, batch: int, concurrency
 def bench_pipeline(kafka: str, topic: str, work: Path, max_records: int) -> dict:
     store = f"sqlite:///{work / 'bench.db'}"
     settings = PipelineSettings(kafka=kafka, topic=topic, store=store, max_records_per_run=max_records)
+    prepare_store(settings)
     cpu0, t0 = own_cpu_s(), time.perf_counter()
     result = run_once(settings)
     wall, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0
