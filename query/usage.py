@@ -1,0 +1,334 @@
+"""Usage queries: group the fact tables by any dimensions, over any time range, as a DataFrame.
+
+    usage("sqlite:///apim-analytics.db", group_by=["api", "application"],
+          start=datetime(2024, 5, 1), end=datetime(2024, 6, 1), top=10)
+
+Group-by names and the output columns they produce (in the order requested):
+
+    api -> api_name          version -> api_version      application -> application_id
+    tier -> tier             resource -> resource_template  method -> method
+    context -> api_context   key_type -> key_type        status_class -> status_class (2xx..5xx)
+    bucket -> bucket_start (the time bucket at ``granularity``)
+    user -> user_name (table usage_user_day)   destination -> destination (usage_destination_hour/day)
+
+The measures follow the group columns, always all of them, in the order of ``MEASURES``:
+requests, errors_4xx, errors_5xx, throttled_out, request_bytes, response_bytes, latency_p50_ms,
+latency_p95_ms, latency_p99_ms, latency_mean_ms, latency_max_ms, faults.
+
+- p50/p95/p99 are nearest-rank percentiles of the summed fixed-boundary histograms
+  (store.latency.percentile), so they are exact for any rollup up to the histogram's 10% bucket error.
+- latency_mean_ms = latency_sum_us / requests / 1000 (as the usage tables define it).
+- With ``status_class``, one row per class with traffic: requests is that class's count
+  (count_2xx .. count_5xx) and errors_4xx/errors_5xx the class's errors (0 for other classes).
+  Measures the store does not split by status class (throttled_out, bytes, latencies, faults)
+  are NaN on those rows. Requests without a 2xx-5xx response code (e.g. gateway faults with no
+  response) belong to no class, so the classes' requests may add up to less than the total.
+- ``user`` reads usage_user_day (daily; allowed only with api, version, application and bucket;
+  granularity day or month; a range must be whole days) which stores requests, 4xx, 5xx,
+  throttled_out and response_bytes; the other measures are NaN.
+- ``destination`` reads usage_destination_hour/day (allowed only with api, version and bucket;
+  granularity hour, day or month; a range must be whole hours) which stores requests, 5xx,
+  faults and latency sums; the other measures are NaN.
+
+Table choice (``choose_table``): the coarsest table that answers exactly. A table is usable when
+its granularity is not coarser than the ``granularity`` asked for, and when ``start`` and ``end``
+fall on its bucket boundaries (first of the month at midnight for usage_month, midnight for
+usage_day, whole hours for usage_hour, whole minutes for usage_minute). A range that is not even
+minute-aligned is read from usage_minute, selecting the minutes that *start* in [start, end).
+Without start/end every stored bucket is read.
+
+Times are UTC: naive datetimes are taken as UTC, aware ones converted. Every value reaches the
+database as a bound parameter (SQLAlchemy Core). Bad arguments raise ``QueryError`` (a ValueError).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import BigInteger, Engine, Table, cast, func, select
+
+from store import tables as t
+from store.latency import BUCKET_COUNT, histogram_column, percentile
+
+
+class QueryError(ValueError):
+    """The query's arguments are invalid; the message says which and why."""
+
+
+GRANULARITIES: tuple[str, ...] = ("minute", "hour", "day", "month")
+_RANK = {g: i for i, g in enumerate(GRANULARITIES)}
+
+GROUP_BY: dict[str, str] = {
+    "api": "api_name", "version": "api_version", "application": "application_id", "tier": "tier",
+    "resource": "resource_template", "method": "method", "context": "api_context", "key_type": "key_type",
+    "status_class": "status_class", "bucket": "bucket_start", "user": "user_name", "destination": "destination",
+}
+MEASURES: tuple[str, ...] = (
+    "requests", "errors_4xx", "errors_5xx", "throttled_out", "request_bytes", "response_bytes",
+    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms", "latency_max_ms", "faults",
+)
+STATUS_CLASSES: tuple[str, ...] = ("2xx", "3xx", "4xx", "5xx")
+_HIST = tuple(histogram_column(i) for i in range(BUCKET_COUNT))
+
+
+class _Family:
+    """A family of fact tables (one per granularity) and what it can answer."""
+
+    def __init__(self, name: str, tables: dict[str, Table], groups: frozenset[str], sums: Sequence[str],
+                 maxes: Sequence[str] = ()) -> None:
+        self.name, self.tables, self.groups, self.sums, self.maxes = name, tables, groups, tuple(sums), tuple(maxes)
+
+
+_USAGE = _Family("usage", t.USAGE_TABLES,
+                 frozenset(GROUP_BY) - {"user", "destination"},
+                 ("requests", "count_2xx", "count_3xx", "count_4xx", "count_5xx", "faults", "throttled_out",
+                  "request_bytes", "response_bytes", "latency_sum_us", *_HIST), ("latency_max_us",))
+_USER = _Family("user", {"day": t.usage_user_day}, frozenset({"api", "version", "application", "bucket", "user"}),
+                t.USER_DAY_SUM_COLUMNS)
+_DESTINATION = _Family("destination", t.DESTINATION_TABLES,
+                       frozenset({"api", "version", "bucket", "destination"}), t.DESTINATION_SUM_COLUMNS)
+
+
+def _family(group_by: Sequence[str]) -> _Family:
+    unknown = [g for g in group_by if g not in GROUP_BY]
+    if unknown:
+        raise QueryError(f"unknown group-by name(s) {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(GROUP_BY)}")
+    if len(set(group_by)) != len(group_by):
+        raise QueryError(f"group-by names repeat: {', '.join(group_by)}")
+    family = _USER if "user" in group_by else _DESTINATION if "destination" in group_by else _USAGE
+    if "user" in group_by and "destination" in group_by:
+        raise QueryError("'user' and 'destination' cannot be grouped together (they live in different tables)")
+    extra = [g for g in group_by if g not in family.groups]
+    if extra:
+        raise QueryError(f"group-by {', '.join(map(repr, extra))} cannot be combined with {family.name!r} "
+                         f"(allowed with it: {', '.join(sorted(family.groups))})")
+    return family
+
+
+def _utc(value: dt.datetime | None, name: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime):
+        raise QueryError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _aligned(value: dt.datetime, granularity: str) -> bool:
+    if value.second or value.microsecond:
+        return False
+    if granularity == "minute":
+        return True
+    if value.minute:
+        return False
+    if granularity == "hour":
+        return True
+    if value.hour:
+        return False
+    return granularity == "day" or value.day == 1
+
+
+def _check(start: dt.datetime | None, end: dt.datetime | None, granularity: str | None) -> None:
+    if granularity is not None and granularity not in _RANK:
+        raise QueryError(f"unknown granularity {granularity!r}; choose from {', '.join(GRANULARITIES)}")
+    if start is not None and end is not None and start >= end:
+        raise QueryError(f"empty or inverted time range: start {start.isoformat()} is not before "
+                         f"end {end.isoformat()}")
+
+
+def _choose(family: _Family, start: dt.datetime | None, end: dt.datetime | None,
+            granularity: str | None) -> str:
+    for gran in sorted(family.tables, key=_RANK.__getitem__, reverse=True):  # coarsest first
+        if granularity is not None and _RANK[gran] > _RANK[granularity]:
+            continue
+        if all(v is None or _aligned(v, gran) for v in (start, end)):
+            return family.tables[gran].name
+    if family is _USAGE:  # not even minute-aligned: the minutes that start inside the range
+        return t.usage_minute.name
+    finest = min(family.tables, key=_RANK.__getitem__)
+    if granularity is not None and _RANK[granularity] < _RANK[finest]:
+        raise QueryError(f"grouping by {family.name!r} needs granularity {finest} or coarser, not {granularity}")
+    raise QueryError(f"grouping by {family.name!r} reads per-{finest} data: the time range must start and end "
+                     f"on whole {finest}s")
+
+
+def choose_table(group_by: Sequence[str] = (), start: dt.datetime | None = None, end: dt.datetime | None = None,
+                 granularity: str | None = None) -> str:
+    """The name of the table ``usage`` would read for these arguments (see the module docstring)."""
+    group_by = list(group_by)
+    family = _family(group_by)
+    start, end = _utc(start, "start"), _utc(end, "end")
+    _check(start, end, granularity)
+    return _choose(family, start, end, granularity)
+
+
+def _names(values: str | Iterable[str] | None, what: str) -> list[str] | None:
+    if values is None:
+        return None
+    names = [values] if isinstance(values, str) else list(values)
+    if not names:
+        raise QueryError(f"an empty list of {what}s selects nothing; pass None for all")
+    return names
+
+
+def _check_apis(conn, table: Table, apis: list[str]) -> None:  # type: ignore[no-untyped-def]
+    known = set(conn.execute(select(t.api_catalog.c.api_name).where(t.api_catalog.c.api_name.in_(apis))
+                             .distinct()).scalars())
+    missing = [a for a in apis if a not in known]
+    if missing:
+        known |= set(conn.execute(select(table.c.api_name).where(table.c.api_name.in_(missing))
+                                  .distinct()).scalars())
+    missing = [a for a in apis if a not in known]
+    if missing:
+        raise QueryError(f"unknown API name(s): {', '.join(map(repr, missing))}")
+
+
+def _truncate(col: pd.Series, granularity: str) -> pd.Series:
+    col = pd.to_datetime(col)
+    if granularity == "month":
+        return col.dt.to_period("M").dt.to_timestamp()
+    return col.dt.floor({"minute": "min", "hour": "h", "day": "D"}[granularity])
+
+
+def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | None = None,
+          end: dt.datetime | None = None, granularity: str | None = None,
+          apis: str | Iterable[str] | None = None, applications: str | Iterable[str] | None = None,
+          top: int | None = None) -> pd.DataFrame:
+    """Usage measures grouped by ``group_by`` over ``[start, end)``, one row per group.
+
+    Args:
+        store: a store URL (opened read-only) or an Engine.
+        group_by: names from ``GROUP_BY`` (``bucket`` needs ``granularity``).
+        start, end: UTC; ``None`` for unbounded.
+        granularity: minute, hour, day or month: the size of ``bucket_start``, and the finest table usable.
+        apis: API name(s) to keep (each must exist in the store); applications: application id(s) to keep.
+        top: keep the N rows with most requests (ordered by requests, descending).
+
+    Raises:
+        QueryError: an unknown name, granularity or API, an empty/inverted range, top < 1.
+    """
+    group_by = list(group_by)
+    family = _family(group_by)
+    start, end = _utc(start, "start"), _utc(end, "end")
+    _check(start, end, granularity)
+    if "bucket" in group_by and granularity is None:
+        raise QueryError(f"grouping by bucket needs a granularity ({', '.join(GRANULARITIES)})")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise QueryError(f"top must be a positive integer, not {top!r}")
+    api_names = _names(apis, "API")
+    app_ids = _names(applications, "application")
+    if app_ids is not None and "application_id" not in {c.name for c in family.tables[next(iter(family.tables))].c}:
+        raise QueryError(f"grouping by {family.name!r}: the table has no application to filter on")
+    table = t.metadata.tables[_choose(family, start, end, granularity)]
+
+    keys = [GROUP_BY[g] for g in group_by if g != "status_class"]
+    query = select(*(table.c[k] for k in keys),
+                   *(cast(func.sum(table.c[s]), BigInteger).label(s) for s in family.sums),
+                   *(func.max(table.c[m]).label(m) for m in family.maxes))
+    if start is not None:
+        query = query.where(table.c.bucket_start >= start)
+    if end is not None:
+        query = query.where(table.c.bucket_start < end)
+    if api_names is not None:
+        query = query.where(table.c.api_name.in_(api_names))
+    if app_ids is not None:
+        query = query.where(table.c.application_id.in_(app_ids))
+    if keys:
+        query = query.group_by(*(table.c[k] for k in keys))
+
+    engine = store if isinstance(store, Engine) else _open(store)
+    try:
+        with engine.connect() as conn:
+            if api_names is not None:
+                _check_apis(conn, table, api_names)
+            rows = conn.execute(query).all()
+    finally:
+        if engine is not store:
+            engine.dispose()
+
+    sums = list(family.sums) + list(family.maxes)
+    raw = pd.DataFrame([tuple(r) for r in rows], columns=keys + sums)
+    if not keys:  # an aggregate without GROUP BY returns one row even over no data
+        raw = raw[raw["requests"].notna()]
+    for c in sums:
+        raw[c] = pd.to_numeric(raw[c]).astype("int64") if len(raw) else pd.Series(dtype="int64")
+    if "bucket_start" in keys:
+        raw["bucket_start"] = _truncate(raw["bucket_start"], granularity)  # type: ignore[arg-type]
+    if keys and len(raw):
+        agg = {c: "sum" for c in family.sums} | {c: "max" for c in family.maxes}
+        raw = raw.groupby(keys, sort=False, as_index=False, dropna=False).agg(agg)
+
+    out = _measures(raw, family)
+    if "status_class" in group_by:
+        out = _split_status(raw, out)
+    group_cols = [GROUP_BY[g] for g in group_by]
+    out = out[group_cols + list(MEASURES)]
+    if top is not None:
+        out = out.sort_values(["requests", *group_cols], ascending=[False] + [True] * len(group_cols),
+                              kind="stable").head(top)
+    elif group_cols:
+        out = out.sort_values(group_cols, kind="stable")
+    return out.reset_index(drop=True)
+
+
+def _open(url: str) -> Engine:
+    from store.engine import make_engine
+
+    return make_engine(url, readonly=True)
+
+
+def _measures(raw: pd.DataFrame, family: _Family) -> pd.DataFrame:
+    n = len(raw)
+    nan = pd.Series(np.full(n, np.nan), index=raw.index)
+    out = raw.copy()
+
+    def col(name: str) -> pd.Series:
+        return raw.get(name, nan)
+
+    out["requests"] = col("requests")
+    out["errors_4xx"] = col("count_4xx")
+    out["errors_5xx"] = col("count_5xx")
+    out["throttled_out"] = col("throttled_out")
+    out["request_bytes"] = col("request_bytes")
+    out["response_bytes"] = col("response_bytes")
+    out["faults"] = col("faults")
+    if all(h in raw for h in _HIST):
+        hist = raw[list(_HIST)].to_numpy(dtype=np.int64)
+        for q, name in ((0.50, "latency_p50_ms"), (0.95, "latency_p95_ms"), (0.99, "latency_p99_ms")):
+            values = [percentile(row, q) for row in hist]
+            out[name] = pd.Series([np.nan if v is None else v for v in values], index=raw.index, dtype="float64")
+    else:
+        for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
+            out[name] = nan
+    if "latency_sum_us" in raw:
+        req = raw["requests"].where(raw["requests"] > 0)
+        out["latency_mean_ms"] = (raw["latency_sum_us"] / req / 1000.0).astype("float64")
+    else:
+        out["latency_mean_ms"] = nan
+    out["latency_max_ms"] = (raw["latency_max_us"] / 1000.0).astype("float64") if "latency_max_us" in raw else nan
+    return out
+
+
+def _split_status(raw: pd.DataFrame, out: pd.DataFrame) -> pd.DataFrame:
+    parts = []
+    for cls in STATUS_CLASSES:
+        part = out.copy()
+        part["status_class"] = cls
+        part["requests"] = raw[f"count_{cls}"]
+        part["errors_4xx"] = raw["count_4xx"] if cls == "4xx" else 0
+        part["errors_5xx"] = raw["count_5xx"] if cls == "5xx" else 0
+        for name in MEASURES:
+            if name not in ("requests", "errors_4xx", "errors_5xx"):
+                part[name] = np.nan
+        parts.append(part[part["requests"] > 0])
+    if not parts:
+        return out.assign(status_class=pd.Series(dtype="object"))
+    result = pd.concat(parts, ignore_index=True)
+    for name in ("requests", "errors_4xx", "errors_5xx"):
+        result[name] = result[name].astype("int64")
+    return result
