@@ -113,6 +113,23 @@ def _latency_section() -> list[str]:
     return lines + [""]
 
 
+def _views_section() -> list[str]:
+    """The "Views" section, from store/views.py (the views' one definition)."""
+    from store.views import VIEWS
+
+    lines = ["## Views", "",
+             ("Stable SQL views for analysts, defined in `store/views.py` and created by revision "
+              "`0002_analyst_views`; they return the same rows and values on SQLite and PostgreSQL. "
+              "Sums are BIGINT, millisecond values double precision."), ""]
+    lines += [f"- [`{v.name}`](#{v.name}): {_cell(v.purpose)}" for v in VIEWS]
+    lines.append("")
+    for view in VIEWS:
+        lines += [f"### `{view.name}`", "", _cell(view.purpose), "", "| column | meaning |", "|---|---|"]
+        lines += [f"| `{name}` | {_cell(meaning)} |" for name, meaning in view.columns.items()]
+        lines.append("")
+    return lines
+
+
 def render() -> str:
     """The whole of docs/store.md."""
     from store.migrate import VERSION_TABLE, head_revision
@@ -141,6 +158,7 @@ def render() -> str:
     for table in tables:
         lines += _table_section(table)
     lines += _latency_section()
+    lines += _views_section()
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
