@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     throttle_cli.add_parser(sub)
     from apim_analytics import usage_cli
     usage_cli.add_parser(sub)
+    from apim_analytics import billing_cli
+    billing_cli.add_parser(sub)
     demo = sub.add_parser("demo", help="run everything end to end into SQLite and print a usage summary")
     from apim_analytics.demo import add_arguments as demo_arguments
 

@@ -342,3 +342,40 @@ RETENTION_TABLES: dict[str, Sequence[Table]] = {
     "day": (usage_day, usage_user_day, usage_destination_day, resource_folds),
     "month": (usage_month,),
 }
+
+# --- billing (billing/publisher.py) -------------------------------------------------------------
+# Appended as a separate block: the monetization publisher's durable state.
+
+billing_watermarks = Table(
+    "billing_watermarks",
+    metadata,
+    Column("sink", String(SHORT), primary_key=True, comment="publisher sink name (e.g. webhook, file)"),
+    Column("published_until", DateTime(timezone=False), nullable=False,
+           comment="UTC hour boundary: every window before it is fully delivered to the sink"),
+    Column("updated_at", DateTime(timezone=False), nullable=False, comment="when the watermark last moved, UTC"),
+    comment="per sink, how far usage has been published (WSO2 AM_MONETIZATION_USAGE last publish time)",
+)
+
+billing_publications = Table(
+    "billing_publications",
+    metadata,
+    Column("idempotency_key", String(64), primary_key=True,
+           comment="sha256 hex of sink|application|api|version|tier|window_start; sent to the receiver"),
+    Column("sink", String(SHORT), nullable=False, comment="publisher sink name"),
+    Column("application_id", String(NAME), nullable=False, comment="subscribing application id"),
+    Column("api_name", String(NAME), nullable=False, comment="API name"),
+    Column("api_version", String(SHORT), nullable=False, comment="API version"),
+    Column("tier", String(SHORT), nullable=False, comment="subscription tier"),
+    Column("window_start", DateTime(timezone=False), nullable=False, comment="usage window start, UTC (an hour)"),
+    Column("window_end", DateTime(timezone=False), nullable=False, comment="usage window end, UTC (exclusive)"),
+    Column("quantity", BigInteger, nullable=False, comment="billable requests in the window, as sent"),
+    Column("status", String(16), nullable=False, comment="pending (recorded, not confirmed) or delivered"),
+    Column("attempts", Integer, nullable=False, default=0, comment="delivery attempts so far, all runs"),
+    Column("last_error", Text, nullable=False, default="", comment="last delivery error; '' when none"),
+    Column("created_at", DateTime(timezone=False), nullable=False, comment="when the row was recorded, UTC"),
+    Column("published_at", DateTime(timezone=False), nullable=True,
+           comment="when the sink confirmed delivery, UTC; NULL while pending"),
+    comment="ledger of usage records published per sink, subscription and window; a pending row is re-sent "
+            "with the same key, a delivered one never",
+)
+Index("ix_billing_publications_sink_window", billing_publications.c.sink, billing_publications.c.window_start)

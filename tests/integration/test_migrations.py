@@ -72,7 +72,7 @@ def test_current_revision_is_head(engine: Engine) -> None:
     assert migrate.current_revision(engine) is None
     migrate.upgrade(engine)
     script_head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
-    assert migrate.current_revision(engine) == migrate.head_revision() == script_head == "0002_analyst_views"
+    assert migrate.current_revision(engine) == migrate.head_revision() == script_head == "0003_billing"
 
 
 def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
@@ -85,7 +85,7 @@ def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
     event.listen(engine, "before_cursor_execute", record)
     try:
         create_schema(engine)
-        migrate.upgrade(engine, "0002_analyst_views")
+        migrate.upgrade(engine, "0003_billing")
     finally:
         event.remove(engine, "before_cursor_execute", record)
     writes = [s for s in statements if s in ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")]
@@ -208,11 +208,11 @@ def test_cli_migrate_and_revision(store_url: str, capsys: pytest.CaptureFixture[
     assert main(["store", "revision", "--store", store_url]) == 0
     assert capsys.readouterr().out.strip() == "<empty>"
     assert main(["store", "migrate", "--store", store_url]) == 0
-    assert capsys.readouterr().out.strip() == "store: <empty> -> 0002_analyst_views"
-    assert main(["store", "migrate", "--store", store_url, "--revision", "0002_analyst_views"]) == 0
-    assert capsys.readouterr().out.strip() == "store: 0002_analyst_views -> 0002_analyst_views"
+    assert capsys.readouterr().out.strip() == "store: <empty> -> 0003_billing"
+    assert main(["store", "migrate", "--store", store_url, "--revision", "0003_billing"]) == 0
+    assert capsys.readouterr().out.strip() == "store: 0003_billing -> 0003_billing"
     assert main(["store", "revision", "--store", store_url]) == 0
-    assert capsys.readouterr().out.strip() == "0002_analyst_views"
+    assert capsys.readouterr().out.strip() == "0003_billing"
 
 
 def test_cli_store_defaults_to_env(store_url: str, capsys: pytest.CaptureFixture[str],
