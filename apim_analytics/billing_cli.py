@@ -17,7 +17,7 @@ import datetime as dt
 import os
 import sys
 
-from apim_analytics.settings import SettingsError
+from apim_analytics.settings import SettingsError, utc_timestamp
 
 
 def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
@@ -68,19 +68,6 @@ def _rule(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise SettingsError(f"--billable: {exc}") from exc
 
 
-def _time(value: str | None, flag: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise SettingsError(f"{flag} {value!r} is not an ISO 8601 timestamp") from exc
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
-
-
 def _write(text: str, out: str | None) -> None:
     if out:
         with open(out, "w", encoding="utf-8", newline="") as fh:
@@ -120,7 +107,7 @@ def run_publish(args: argparse.Namespace) -> int:
         sink = FileSink(args.path)
     if args.attempts < 1 or args.base_delay < 0 or args.settle_seconds < 0:
         raise SettingsError("--attempts must be >= 1, --base-delay and --settle-seconds >= 0")
-    until = _time(args.until, "--until")
+    until = utc_timestamp(args.until, "--until")
     engine = make_engine(args.store)
     try:
         create_schema(engine)

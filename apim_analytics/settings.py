@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import os
 import types
 import typing
@@ -210,3 +211,22 @@ def parse_host_port(name: str, value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
         raise SettingsError(f"{name}: expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def utc_timestamp(value: str | None, flag: str) -> dt.datetime | None:
+    """An ISO 8601 flag value as naive UTC (the store's convention): an offset or ``Z`` is honoured,
+    no offset means UTC. ``None`` passes through.
+
+    Raises:
+        SettingsError: naming the flag and the value.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise SettingsError(f"{flag} {value!r} is not an ISO 8601 timestamp (e.g. 2026-11-01T00:00:00Z)") from exc
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None) if parsed.tzinfo is not None else parsed

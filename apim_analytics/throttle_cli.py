@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from apim_analytics.settings import SettingsError
+from apim_analytics.settings import SettingsError, utc_timestamp
 
 DEFAULT_STORE = "sqlite:///apim-analytics.db"
 FORMATS = ("table", "json")
@@ -51,15 +51,8 @@ def _format(args: argparse.Namespace) -> str:
 
 
 def _now(args: argparse.Namespace) -> datetime:
-    """``--now`` as naive UTC; an offset is honoured, no offset means UTC."""
-    if args.now is None:
-        return datetime.now(UTC).replace(tzinfo=None)
-    try:
-        ts = datetime.fromisoformat(args.now)
-    except ValueError:
-        raise SettingsError(f"--now: {args.now!r} is not an ISO-8601 timestamp (e.g. 2024-05-01T12:30:00Z)") \
-            from None
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
+    """``--now`` as naive UTC (default: now)."""
+    return utc_timestamp(args.now, "--now") or datetime.now(UTC).replace(tzinfo=None)
 
 
 def _safe_url(url: str) -> str:

@@ -11,11 +11,10 @@ Bad arguments (unknown group-by name, inverted range, unknown API, ...) exit 2 w
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 
-from apim_analytics.settings import SettingsError
+from apim_analytics.settings import SettingsError, utc_timestamp
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -41,21 +40,6 @@ def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
     p.set_defaults(func=run)
 
 
-def _time(value: str | None, flag: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise SettingsError(f"{flag} {value!r} is not an ISO 8601 timestamp") from exc
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
-    return parsed
-
-
 def run(args: argparse.Namespace) -> int:
     from query.usage import QueryError, usage
     from store.engine import StoreError
@@ -64,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError("--format parquet needs --out FILE")
     group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
     try:
-        df = usage(args.store, group_by=group_by, start=_time(args.start, "--from"), end=_time(args.end, "--to"),
+        df = usage(args.store, group_by=group_by, start=utc_timestamp(args.start, "--from"), end=utc_timestamp(args.end, "--to"),
                    granularity=args.granularity, apis=args.apis, applications=args.applications, top=args.top)
     except (QueryError, StoreError) as exc:
         raise SettingsError(str(exc)) from exc

@@ -28,7 +28,7 @@ from kafka import KafkaConsumer
 from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
 from pipeline import metrics
-from pipeline.kafka_source import DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, backlog, plan_ranges
+from pipeline.kafka_source import DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, share_budget, waiting_ranges
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
 from store.retention import RetentionSettings, purge
@@ -228,9 +228,9 @@ def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False, group_id=None,
                              client_id="apim-pipeline-planner")
     try:
-        offsets = stored_offsets(engine, settings.topic)
-        plan = plan_ranges(consumer, settings.topic, offsets, settings.max_records_per_run)
-        metrics.BACKLOG.set(backlog(consumer, settings.topic, offsets))
+        waiting = waiting_ranges(consumer, settings.topic, stored_offsets(engine, settings.topic))
+        metrics.BACKLOG.set(sum(end - start for start, end in waiting.values()))
+        plan = share_budget(settings.topic, waiting, settings.max_records_per_run)
         admitted = admitted_resources(engine) if plan else {}
     finally:
         consumer.close()

@@ -43,32 +43,32 @@ class OffsetRange:
         return self.end - self.start
 
 
-def plan_ranges(
-    consumer: KafkaConsumer,
-    topic: str,
-    stored: Mapping[int, int],
-    max_records: int,
-) -> list[OffsetRange]:
-    """Fix this run's bounds: from the stored offsets up to the high-water marks.
-
-    A partition never seen starts at its earliest retained offset. The record
-    budget is shared fairly: each partition with a backlog gets an equal share,
-    and what a small backlog leaves unused goes to the others.
-    """
+def waiting_ranges(consumer: KafkaConsumer, topic: str, stored: Mapping[int, int]) -> dict[int, tuple[int, int]]:
+    """Per partition with records waiting: ``(start, end)`` from the stored offset (the earliest retained
+    offset for a partition never seen) to the high-water mark. One metadata round per run."""
     partitions = consumer.partitions_for_topic(topic) or set()
     if not partitions:
-        return []
+        return {}
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     ends = consumer.end_offsets(tps)
     begins = consumer.beginning_offsets(tps)
-    backlog: dict[int, tuple[int, int]] = {}
+    waiting: dict[int, tuple[int, int]] = {}
     for tp in tps:
         start = max(stored.get(tp.partition, begins[tp]), begins[tp])
         if ends[tp] > start:
-            backlog[tp.partition] = (start, ends[tp])
+            waiting[tp.partition] = (start, ends[tp])
+    return waiting
+
+
+def share_budget(topic: str, waiting: Mapping[int, tuple[int, int]], max_records: int) -> list[OffsetRange]:
+    """Fix this run's bounds within the record budget.
+
+    The budget is shared fairly: each partition with a backlog gets an equal
+    share, and what a small backlog leaves unused goes to the others.
+    """
     budget = max_records
     plan: list[OffsetRange] = []
-    pending = sorted(backlog.items(), key=lambda kv: kv[1][1] - kv[1][0])
+    pending = sorted(waiting.items(), key=lambda kv: kv[1][1] - kv[1][0])
     for i, (partition, (start, end)) in enumerate(pending):
         share = budget // (len(pending) - i)
         take = min(end - start, max(share, 1 if budget > 0 else 0))
@@ -78,14 +78,10 @@ def plan_ranges(
     return sorted(plan)
 
 
-def backlog(consumer: KafkaConsumer, topic: str, stored: Mapping[int, int]) -> int:
-    """Records waiting: high-water marks minus the store's offsets (earliest retained offset if none)."""
-    partitions = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    if not tps:
-        return 0
-    ends, begins = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
-    return sum(max(0, ends[tp] - max(stored.get(tp.partition, begins[tp]), begins[tp])) for tp in tps)
+def plan_ranges(consumer: KafkaConsumer, topic: str, stored: Mapping[int, int], max_records: int
+                ) -> list[OffsetRange]:
+    """This run's bounds: from the stored offsets up to the high-water marks, within the budget."""
+    return share_budget(topic, waiting_ranges(consumer, topic, stored), max_records)
 
 
 class DeadRecord(NamedTuple):

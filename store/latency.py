@@ -31,7 +31,6 @@ import numpy as np
 ALPHA = 0.10
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 BUCKET_COUNT = 57
-_LOG_GAMMA = math.log(GAMMA)
 
 
 def histogram_column(index: int) -> str:

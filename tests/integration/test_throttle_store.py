@@ -305,7 +305,7 @@ def test_cli_policies_load_and_list(store_url: str, tmp_path: Path, capsys: pyte
     (["throttle", "status", "--level", "tenant", "k"],
      "apim-analytics: --level: expected subscription, application or api, got 'tenant'"),
     (["throttle", "status", "--level", "api", "k", "--now", "noon"],
-     "apim-analytics: --now: 'noon' is not an ISO-8601 timestamp (e.g. 2024-05-01T12:30:00Z)"),
+     "apim-analytics: --now 'noon' is not an ISO 8601 timestamp (e.g. 2026-11-01T00:00:00Z)"),
     (["throttle", "throttled", "--format", "xml"], "apim-analytics: --format: expected table or json, got 'xml'"),
 ])
 def test_cli_bad_arguments_exit_2(store_url: str, argv: list[str], message: str,
