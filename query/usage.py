@@ -51,7 +51,7 @@ import pandas as pd
 from sqlalchemy import BigInteger, Engine, Table, cast, func, select
 
 from store import tables as t
-from store.latency import BUCKET_COUNT, histogram_column, percentile
+from store.latency import BUCKET_COUNT, histogram_column, percentiles
 
 
 class QueryError(ValueError):
@@ -198,7 +198,7 @@ def _truncate(col: pd.Series, granularity: str) -> pd.Series:
 def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | None = None,
           end: dt.datetime | None = None, granularity: str | None = None,
           apis: str | Iterable[str] | None = None, applications: str | Iterable[str] | None = None,
-          top: int | None = None) -> pd.DataFrame:
+          top: int | None = None, measures: Sequence[str] | None = None) -> pd.DataFrame:
     """Usage measures grouped by ``group_by`` over ``[start, end)``, one row per group.
 
     Args:
@@ -208,6 +208,9 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
         granularity: minute, hour, day or month: the size of ``bucket_start``, and the finest table usable.
         apis: API name(s) to keep (each must exist in the store); applications: application id(s) to keep.
         top: keep the N rows with most requests (ordered by requests, descending).
+        measures: compute only these (names from ``MEASURES``; ``requests`` always); the others are NaN.
+            Why: the latency histogram is 57 columns, so a caller that needs counts only (a top-N, a
+            breakdown by tier) reads a fraction of the data. Default: all.
 
     Raises:
         QueryError: an unknown name, granularity or API, an empty/inverted range, top < 1.
@@ -227,9 +230,10 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
     table = t.metadata.tables[_choose(family, start, end, granularity)]
 
     keys = [GROUP_BY[g] for g in group_by if g != "status_class"]
+    sum_cols, max_cols = _sources(family, measures, "status_class" in group_by)
     query = select(*(table.c[k] for k in keys),
-                   *(cast(func.sum(table.c[s]), BigInteger).label(s) for s in family.sums),
-                   *(func.max(table.c[m]).label(m) for m in family.maxes))
+                   *(cast(func.sum(table.c[s]), BigInteger).label(s) for s in sum_cols),
+                   *(func.max(table.c[m]).label(m) for m in max_cols))
     if start is not None:
         query = query.where(table.c.bucket_start >= start)
     if end is not None:
@@ -251,7 +255,7 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
         if engine is not store:
             engine.dispose()
 
-    sums = list(family.sums) + list(family.maxes)
+    sums = sum_cols + max_cols
     raw = pd.DataFrame([tuple(r) for r in rows], columns=keys + sums)
     if not keys:  # an aggregate without GROUP BY returns one row even over no data
         raw = raw[raw["requests"].notna()]
@@ -260,7 +264,7 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
     if "bucket_start" in keys:
         raw["bucket_start"] = _truncate(raw["bucket_start"], granularity)  # type: ignore[arg-type]
     if keys and len(raw):
-        agg = {c: "sum" for c in family.sums} | {c: "max" for c in family.maxes}
+        agg = {c: "sum" for c in sum_cols} | {c: "max" for c in max_cols}
         raw = raw.groupby(keys, sort=False, as_index=False, dropna=False).agg(agg)
 
     out = _measures(raw, family)
@@ -274,6 +278,27 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
     elif group_cols:
         out = out.sort_values(group_cols, kind="stable")
     return out.reset_index(drop=True)
+
+
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "requests": ("requests",), "errors_4xx": ("count_4xx",), "errors_5xx": ("count_5xx",),
+    "throttled_out": ("throttled_out",), "request_bytes": ("request_bytes",), "response_bytes": ("response_bytes",),
+    "latency_p50_ms": _HIST, "latency_p95_ms": _HIST, "latency_p99_ms": _HIST,
+    "latency_mean_ms": ("latency_sum_us",), "latency_max_ms": ("latency_max_us",), "faults": ("faults",),
+}
+
+
+def _sources(family: _Family, measures: Sequence[str] | None, by_status: bool) -> tuple[list[str], list[str]]:
+    """The stored columns to sum and to max for ``measures`` (all of the family's when None)."""
+    if measures is None:
+        return list(family.sums), list(family.maxes)
+    unknown = [m for m in measures if m not in _SOURCES]
+    if unknown:
+        raise QueryError(f"unknown measure(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MEASURES)}")
+    wanted = {"requests"} | {c for m in measures for c in _SOURCES[m]}
+    if by_status:
+        wanted |= {f"count_{cls}" for cls in STATUS_CLASSES}
+    return [c for c in family.sums if c in wanted], [c for c in family.maxes if c in wanted]
 
 
 def _open(url: str) -> Engine:
@@ -300,8 +325,7 @@ def _measures(raw: pd.DataFrame, family: _Family) -> pd.DataFrame:
     if all(h in raw for h in _HIST):
         hist = raw[list(_HIST)].to_numpy(dtype=np.int64)
         for q, name in ((0.50, "latency_p50_ms"), (0.95, "latency_p95_ms"), (0.99, "latency_p99_ms")):
-            values = [percentile(row, q) for row in hist]
-            out[name] = pd.Series([np.nan if v is None else v for v in values], index=raw.index, dtype="float64")
+            out[name] = pd.Series(percentiles(hist, q) if n else np.empty(0), index=raw.index, dtype="float64")
     else:
         for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
             out[name] = nan

@@ -58,6 +58,7 @@ def bucket_estimate(index: int) -> float:
 
 # The lower bounds of buckets 1 .. BUCKET_COUNT - 1, the very floats bucket_bounds reports: a latency's
 # bucket is the number of them it reaches (a log-based index misplaces values at the edges).
+_ESTIMATES = np.array([bucket_estimate(index) for index in range(BUCKET_COUNT)])
 _LOWER_EDGES = np.array([GAMMA ** (index - 1) for index in range(1, BUCKET_COUNT)])
 
 
@@ -80,6 +81,23 @@ def percentile(counts: Sequence[int], q: float) -> float | None:
         if running >= rank:
             return bucket_estimate(index)
     return bucket_estimate(len(counts) - 1)
+
+
+def percentiles(counts: np.ndarray, q: float) -> np.ndarray:
+    """``percentile`` for every row of a (rows x buckets) count matrix at once; NaN where a row is empty.
+
+    Why: an analyst's group-by can return tens of thousands of rows; a Python loop per row costs
+    seconds where this costs milliseconds, with the very same nearest-rank rule.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 2:
+        raise ValueError(f"expected a (rows x buckets) matrix, got shape {counts.shape}")
+    total = counts.sum(axis=1)
+    rank = np.maximum(1, np.ceil(q * total))
+    below = (counts.cumsum(axis=1) < rank[:, None]).sum(axis=1)
+    index = np.minimum(below, counts.shape[1] - 1)
+    out = _ESTIMATES[index]
+    return np.where(total > 0, out, np.nan)
 
 
 def bucket_rows() -> list[dict[str, float | int | None]]:

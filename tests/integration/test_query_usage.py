@@ -251,3 +251,17 @@ def test_cli_bad_arguments_exit_2_with_one_line(store: str, capsys, extra, messa
     err = capsys.readouterr().err
     assert err.startswith("apim-analytics: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_measures_limit_what_is_read_and_leave_the_rest_nan(store: str) -> None:
+    full = usage(store, group_by=["api", "tier"])
+    counts = usage(store, group_by=["api", "tier"], measures=["errors_4xx"])
+    assert counts[["api_name", "tier", "requests", "errors_4xx"]].equals(full[["api_name", "tier", "requests",
+                                                                                 "errors_4xx"]])
+    assert counts[["latency_p50_ms", "latency_mean_ms", "latency_max_ms", "response_bytes"]].isna().all().all()
+    latency = usage(store, group_by=["api"], measures=["latency_p95_ms"])
+    assert latency["latency_p95_ms"].tolist() == usage(store, group_by=["api"])["latency_p95_ms"].tolist()
+    by_class = usage(store, group_by=["api", "status_class"], measures=["requests"])
+    assert by_class["requests"].sum() == 8
+    with pytest.raises(QueryError, match="unknown measure\\(s\\) 'p50'; choose from requests, errors_4xx"):
+        usage(store, group_by=["api"], measures=["p50"])

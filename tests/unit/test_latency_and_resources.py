@@ -21,6 +21,7 @@ from store.latency import (
     bucket_rows,
     histogram_column,
     percentile,
+    percentiles,
 )
 
 # --- buckets ------------------------------------------------------------------------------------
@@ -159,3 +160,13 @@ def test_admit_in_sorted_order_up_to_the_cap() -> None:
     assert admit({("A", "1"): frozenset({"/a", "/b", "/c"})}, candidates, 3) == {("B", "1"): {"/z"}}
     assert admit({}, candidates, 0) == {("A", "1"): {"/a", "/b", "/c", "/d", "/e"}, ("B", "1"): {"/z"}}
     assert admit({}, [("A", "1", OTHER)], 3) == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 5), min_size=BUCKET_COUNT, max_size=BUCKET_COUNT), min_size=0, max_size=8),
+       st.sampled_from([0.01, 0.5, 0.95, 0.99, 1.0]))
+def test_vectorised_percentiles_equal_the_row_by_row_rule(rows: list[list[int]], q: float) -> None:
+    matrix = np.array(rows, dtype=np.int64).reshape(len(rows), BUCKET_COUNT)
+    got = percentiles(matrix, q)
+    expected = [percentile(row, q) for row in rows]
+    assert [None if np.isnan(v) else float(v) for v in got] == expected
