@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv services services-stop services-status demo test test-unit bench codegen clean
+.PHONY: venv services services-stop services-status browser demo test test-unit bench codegen clean
 
 venv: $(STAMP)
 
@@ -26,10 +26,14 @@ services-stop:
 services-status:
 	APIM_PYTHON=$(abspath $(VPY)) deploy/local/services.sh status
 
+# Headless Chromium (Debian's package) for the dashboard's browser tests.
+browser:
+	deploy/local/chromium.sh >/dev/null
+
 demo: services
 	$(VENV)/bin/apim-analytics demo
 
-test: services
+test: services browser
 	$(VPY) -m pytest
 
 test-unit: venv

@@ -4,6 +4,9 @@
     apim-analytics collector serve ...  the Mixer metric adapter (gRPC -> Kafka)
     apim-analytics pipeline run ...     the Beam job (Kafka -> analytics store)
     apim-analytics subscriptions load   load the opaque-token/API-key catalog into the store
+    apim-analytics usage ...            usage by API, application, tier, ... (analysts)
+    apim-analytics billing ...          monthly billable usage: export, publish, reconcile
+    apim-analytics dashboard build|serve  the HTML dashboard
     apim-analytics demo                 all of it, end to end, into SQLite
     apim-analytics config show          every setting with its flag, env var and default
 
@@ -95,11 +98,13 @@ def _config_show(args: argparse.Namespace) -> int:
     from collector.settings import CollectorSettings
     from pipeline.settings import PipelineSettings
     from simulator.config import SimulationConfig
+    from dashboards.settings import DashboardSettings
 
     from store.retention import RetentionSettings
 
     for cls, section in ((CollectorSettings, "collector"), (PipelineSettings, "pipeline"),
-                         (RetentionSettings, "retention"), (SimulationConfig, "simulate")):
+                         (RetentionSettings, "retention"), (SimulationConfig, "simulate"),
+                         (DashboardSettings, "dashboard")):
         for row in describe(cls, section):
             print(f"{row['key']:<36} {row['flag']:<28} {row['env']:<38} {row['default']:<24} {row['help']}")
     return 0
@@ -161,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     usage_cli.add_parser(sub)
     from apim_analytics import billing_cli
     billing_cli.add_parser(sub)
+    from apim_analytics import dashboard_cli
+    dashboard_cli.add_parser(sub)
     demo = sub.add_parser("demo", help="run everything end to end into SQLite and print a usage summary")
     from apim_analytics.demo import add_arguments as demo_arguments
 

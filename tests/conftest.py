@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -23,11 +25,12 @@ def _pg_schema_url(schema: str) -> str:
     return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A fresh, empty store: a SQLite file, or a private schema in the real PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
+@contextmanager
+def fresh_store(kind: str, directory: Path) -> Iterator[str]:
+    """A fresh, empty store URL: a SQLite file in ``directory``, or a private schema in the real
+    PostgreSQL (dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'store.db'}"
         return
     from store.engine import make_engine
 
@@ -44,6 +47,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # typ
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store: a SQLite file, or a private schema in the real PostgreSQL."""
+    with fresh_store(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
