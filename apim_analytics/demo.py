@@ -168,12 +168,26 @@ def run_demo(args: argparse.Namespace) -> int:
     print()
     print(throttle_summary(store_url))
     comparisons = compare_all(store_url, truth)
+    print(build_dashboard(store_url, out / "dashboard.html"))
     timings["total"] = time.perf_counter() - t_all
     print("demo: timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     for granularity, comparison in comparisons.items():
         stream = sys.stdout if comparison.exact else sys.stderr
         print(f"demo: usage_{granularity} vs simulator ground truth: {comparison.describe()}", file=stream)
     return 0 if all(c.exact for c in comparisons.values()) else 1
+
+
+def build_dashboard(store_url: str, path: Path) -> str:
+    """Write the HTML dashboard of the demo's store; one line saying where."""
+    from dashboards.data import dashboard_data
+    from dashboards.page import render_page
+
+    engine = make_engine(store_url, readonly=True)
+    try:
+        path.write_text(render_page(dashboard_data(engine)), encoding="utf-8")
+    finally:
+        engine.dispose()
+    return f"demo: dashboard: {path} (open it in a browser; `apim-analytics dashboard serve --store ...` serves it)"
 
 
 def throttle_summary(store_url: str) -> str:

@@ -132,7 +132,7 @@ def dashboard_data(engine: Engine, *, start: dt.datetime | None = None, end: dt.
         starts = _table_starts(conn)
         if api is not None and conn.execute(select(t.api_catalog.c.api_name)
                                             .where(t.api_catalog.c.api_name == api).limit(1)).first() is None:
-            raise QueryError(f"unknown API {api!r}: the store has no usage for it")
+            raise QueryError(f"unknown API name(s): {api!r}")
         app_names = {r.application_id: r.application_name
                      for r in conn.execute(select(t.application_catalog.c.application_id,
                                                   t.application_catalog.c.application_name))}

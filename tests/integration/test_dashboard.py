@@ -310,7 +310,7 @@ def test_served_bad_requests_get_the_reason_and_the_server_keeps_serving(served:
     assert _get(base, "/?from=noon") == \
         (400, "bad request: from 'noon' is not an ISO 8601 timestamp (e.g. 2026-11-01T00:00:00Z)\n")
     assert _get(base, "/data.json?api=NoSuchAPI") == \
-        (400, "bad request: unknown API 'NoSuchAPI': the store has no usage for it\n")
+        (400, "bad request: unknown API name(s): 'NoSuchAPI'\n")
     assert _get(base, "/?from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z") == \
         (400, "bad request: empty or inverted time range: start 2026-11-02T00:00:00 is not before "
               "end 2026-11-01T00:00:00\n")
@@ -354,7 +354,7 @@ def test_build_refuses_bad_arguments_with_the_reason(sqlite_filled: tuple[str, F
     cases = [
         (["--from", "yesterday"], "apim-analytics: --from 'yesterday' is not an ISO 8601 timestamp "
                                   "(e.g. 2026-11-01T00:00:00Z)"),
-        (["--api", "NoSuchAPI"], "apim-analytics: unknown API 'NoSuchAPI': the store has no usage for it"),
+        (["--api", "NoSuchAPI"], "apim-analytics: unknown API name(s): 'NoSuchAPI'"),
         (["--from", "2026-11-02", "--to", "2026-11-01"],
          "apim-analytics: empty or inverted time range: start 2026-11-02T00:00:00 is not before end "
          "2026-11-01T00:00:00"),
