@@ -60,6 +60,7 @@ class RejectCode:
     VALUE_OUT_OF_RANGE = "VALUE_OUT_OF_RANGE"
     STRING_TOO_LONG = "STRING_TOO_LONG"
     TIMESTAMP_OUT_OF_RANGE = "TIMESTAMP_OUT_OF_RANGE"
+    MISSING_API = "MISSING_API"
 
 
 class InstanceRejected(ValueError):
@@ -337,6 +338,8 @@ class InstanceMapper:
         return raw
 
     def _finish(self, event: dict[str, Any], mapping: InstanceMapping, credential: str, now_ms: int) -> None:
+        if not event.get("api_name"):  # usage no API owns cannot be attributed, billed or throttled
+            raise InstanceRejected(RejectCode.MISSING_API, "the instance names no API (api_name is absent or empty)")
         if mapping.event_time == "collected" or not event.get("request_timestamp_ms"):
             event["request_timestamp_ms"] = now_ms
         ts = event["request_timestamp_ms"]

@@ -291,7 +291,7 @@ class Collector:
             await loop.run_in_executor(None, self.publisher.connect)
         except Exception as exc:  # noqa: BLE001
             log.warning("Kafka producer not connected yet", extra={"error": repr(exc)[:300]})
-        spool = Spool.open(Path(s.spool_dir), max_bytes=s.spool_max_mb << 20)
+        spool = Spool.open(Path(s.spool_dir), max_bytes=int(s.spool_max_mb * (1 << 20)))
         self.delivery = SafeDelivery(self.publisher, spool, ack_timeout_s=s.ack_timeout_s,
                                      drain_timeout_s=s.spool_drain_timeout_s)
         self.delivery.start()

@@ -56,8 +56,8 @@ class CollectorSettings:
     spool_drain_timeout_s: float = setting(10.0, env="APIM_COLLECTOR_SPOOL_DRAIN_TIMEOUT_S",
                                            help="how long one spool drain batch waits for Kafka before a fresh "
                                                 "producer retries it")
-    spool_max_mb: int = setting(1024, env="APIM_COLLECTOR_SPOOL_MAX_MB",
-                                help="spool size limit; beyond it calls get UNAVAILABLE")
+    spool_max_mb: float = setting(1024.0, env="APIM_COLLECTOR_SPOOL_MAX_MB",
+                                  help="spool size limit in MiB (fractions allowed); beyond it calls get UNAVAILABLE")
     # -- mapping and validation --------------------------------------------------------------
     mapping: str = setting("", env="APIM_COLLECTOR_MAPPING",
                            help="instance mapping YAML (default: the shipped collector/mappings/default.yaml)")
@@ -117,8 +117,10 @@ class CollectorSettings:
             raise SettingsError(f"--user-ip: keep, truncate or hash, not {self.user_ip!r}")
         if self.user_name not in ("keep", "hash"):
             raise SettingsError(f"--user-name: keep or hash, not {self.user_name!r}")
-        for name in ("max_message_mb", "max_instances_per_call", "spool_max_mb", "max_string_bytes"):
+        for name in ("max_message_mb", "max_instances_per_call", "max_string_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.spool_max_mb > 0:
+            raise SettingsError("--spool-max-mb must be above 0")
         if not self.spool_dir:
             raise SettingsError("--spool-dir must name a folder")

@@ -256,3 +256,17 @@ def test_limits_are_configurable() -> None:
     inst.dimensions["user_agent"].CopyFrom(t.Value(string_value="x" * 50))
     mapped = mapper_(limits=Limits(max_string_bytes=10)).map_call(decode(m.HandleMetricRequest(instances=[inst])), "c")
     assert [r.code for r in mapped.rejected] == [RejectCode.STRING_TOO_LONG]
+
+
+def test_an_instance_naming_no_api_is_refused_with_its_own_code() -> None:
+    """Usage no API owns cannot be attributed, billed or throttled: dead-lettered, not counted as ''."""
+    mapper = mapper_()
+    for api_name in (None, ""):
+        inst = wso2_instance()
+        if api_name is None:
+            del inst.dimensions["api_name"]
+        else:
+            inst.dimensions["api_name"].CopyFrom(t.Value(string_value=api_name))
+        mapped = mapper.map_call(decode(m.HandleMetricRequest(dedup_id="1", instances=[inst])), "cid")
+        assert mapped.events == []
+        assert [r.code for r in mapped.rejected] == [RejectCode.MISSING_API]
