@@ -29,6 +29,20 @@ from apim_analytics.demo import _free_port
 from bench.cpu import process_cpu_s
 
 MODES = ("no-op", "no-mapping", "no-kafka", "full")
+#: Calls in flight from the load generator.
+CONCURRENCY = 8
+
+
+def build_calls(events: int, batch: int = 100, seed: int = 7) -> list:  # type: ignore[type-arg]
+    """The load: simulated Mixer calls (``batch`` instances each, an hour old) covering ``events`` requests."""
+    from simulator.catalog import build_catalog
+    from simulator.mixer import build_requests
+    from simulator.traffic import generate
+
+    catalog = build_catalog(seed=seed)
+    start_ms = (int(time.time()) // 3600 - 1) * 3_600_000
+    return list(build_requests(generate(catalog, rate=1000.0, duration_s=events / 1000.0, start_ms=start_ms,
+                                        seed=seed), batch_size=batch))
 
 
 def serve(mode: str, port: int, kafka: str, spool: str) -> None:
@@ -83,15 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.serve[0], int(args.serve[1]), args.kafka, args.serve[2])
         return 0
 
-    from simulator.catalog import build_catalog
-    from simulator.mixer import build_requests
     from simulator.sender import SendSettings, send
-    from simulator.traffic import generate
 
-    catalog = build_catalog(seed=7)
-    start_ms = (int(time.time()) // 3600 - 1) * 3_600_000
-    calls = list(build_requests(generate(catalog, rate=1000.0, duration_s=args.events / 1000.0, start_ms=start_ms,
-                                         seed=7), batch_size=100))
+    calls = build_calls(args.events)
     results = []
     for mode in MODES:
         port = _free_port()
@@ -102,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             proc.stdout.readline()  # type: ignore[union-attr]
             cpu0 = process_cpu_s(proc.pid)
-            report = send(iter(calls), SendSettings(target=f"127.0.0.1:{port}", concurrency=8))
+            report = send(iter(calls), SendSettings(target=f"127.0.0.1:{port}", concurrency=CONCURRENCY))
             cpu = process_cpu_s(proc.pid) - cpu0
         finally:
             proc.kill()
