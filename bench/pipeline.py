@@ -35,18 +35,46 @@ import pandas as pd
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.cpu import own_cpu_s
-from collector.columns import partitioned_records
+from collector.columns import BatchRecord, partitioned_records
 from collector.topics import ensure_topic
 from pipeline.aggregate import aggregate_chunk, finish, merge
 from pipeline.decode import new_builder
 from pipeline.job import run
 from pipeline.settings import PipelineSettings
+from schemas.apim.usage.v1.usage_event_columns_pb2 import UsageEventColumns
 from schemas.record_format import USAGE_RECORD_SCHEMA
 from simulator.feed import simulated_events
 from store.tables import USAGE_DIMENSIONS
 
 HOUR_MS = 3_600_000
 PG_URL = os.environ.get("APIM_BENCH_PG_URL", "postgresql+psycopg://apim:apim@127.0.0.1:55432/apim_test")
+
+
+class Replay:
+    """Calls replayed as copies: copy ``k`` has its request times shifted and its call ids suffixed ``.<k>``.
+
+    The records of a copy are exactly what :func:`partitioned_records` makes of the shifted events (only the
+    header's produced time differs): each call is encoded once, and its copies patch the timestamp column and
+    the call id of the encoded records, about 15x cheaper than encoding every copy from event dicts.
+    """
+
+    def __init__(self, calls: list[tuple[str, list[dict]]], partitions: int) -> None:
+        self.calls = [(call_id, len(evs), [(r, UsageEventColumns.FromString(r.value)) for r in partitioned_records(
+            evs, partitions=partitions, call_id=call_id, producer_id="bench")]) for call_id, evs in calls]
+
+    def copy(self, copy: int, shift_ms: int) -> Iterator[tuple[int, list[BatchRecord]]]:
+        """(events, records) per call of copy ``copy``."""
+        for call_id, events, encoded in self.calls:
+            out = []
+            for r, columns in encoded:
+                batch_id = f"{call_id}.{copy}{r.batch_id[len(call_id):]}"
+                copied = UsageEventColumns()
+                copied.CopyFrom(columns)
+                copied.header.call_id = batch_id
+                del copied.request_timestamp_ms[:]
+                copied.request_timestamp_ms.extend([t + shift_ms for t in columns.request_timestamp_ms])
+                out.append(BatchRecord(r.partition, batch_id, copied.SerializeToString(), r.events))
+            yield events, out
 
 
 def produce(kafka: str, topic: str, events: int, partitions: int, rate: float, seed: int) -> dict:
@@ -57,19 +85,18 @@ def produce(kafka: str, topic: str, events: int, partitions: int, rate: float, s
     per_copy = sum(len(e) for _, e in calls)
     producer = KafkaProducer(bootstrap_servers=kafka, acks=1, linger_ms=20, batch_size=1 << 20,
                              compression_type="lz4", max_request_size=16 << 20)
+    replay = Replay(calls, partitions)
     produced = records = copy = 0
     while produced < events:
         shift = int(copy * base_duration * 1000)
-        for call_id, evs in calls:
+        for n, batch in replay.copy(copy, shift):
             if produced >= events:
                 break
-            shifted = [dict(e, request_timestamp_ms=e["request_timestamp_ms"] + shift) for e in evs]
-            for r in partitioned_records(shifted, partitions=partitions, call_id=f"{call_id}.{copy}",
-                                         producer_id="bench"):
+            for r in batch:
                 producer.send(topic, r.value, key=r.batch_id.encode(), partition=r.partition,
                               headers=[("schema", USAGE_RECORD_SCHEMA)])
                 records += 1
-            produced += len(evs)
+            produced += n
         copy += 1
     producer.flush()
     producer.close()
