@@ -7,9 +7,10 @@ does (about 1 us per dimension). This decoder walks the wire format once and
 returns plain Python values, in the same neutral form as the pure-Python
 decoder in collector/decode.py, which stays the reference: on any input this
 decoder does not handle exactly (a malformed message, a field repeated where
-the runtime would merge, a group), it raises ``Unsupported`` and the caller
-decodes with the protobuf runtime instead, so both paths accept and reject the
-same inputs. tests/unit/test_decode.py checks the two agree, with hypothesis.
+the runtime would merge, a group, a map entry with an unknown field), it
+raises ``Unsupported`` and the caller decodes with the protobuf runtime
+instead, so both paths accept and reject the same inputs.
+tests/unit/test_decode.py checks the two agree, with hypothesis.
 
 Field numbers follow wire.md 1.4 and 2.1; strings are validated as UTF-8 as
 proto3 requires.
@@ -135,7 +136,7 @@ cdef tuple _wrapped_seconds_nanos(const unsigned char* buf, Py_ssize_t pos, Py_s
 
 
 cdef dict _string_map(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
-    """StringMap {1: map<string, string>}."""
+    """StringMap {1: map<string, string>}; an entry with an unknown field goes to the runtime (see _entry_into)."""
     cdef dict out = {}
     cdef uint64_t tag, etag
     cdef Py_ssize_t n, epos, eend, m
@@ -158,7 +159,7 @@ cdef dict _string_map(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
                         value = _utf8(buf, epos, m)
                     epos += m
                 else:
-                    epos = _skip(buf, epos, eend, etag)
+                    raise Unsupported("map entry with an unknown field")
             out[key] = value
             pos = eend
         else:
@@ -236,7 +237,16 @@ cdef object _value(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
 
 
 cdef dict _entry_into(dict target, const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
-    """One map<string, Value> entry {1: key, 2: Value} into ``target`` (last key wins)."""
+    """One map<string, Value> entry {1: key, 2: Value} into ``target`` (last key wins).
+
+    A missing key reads as '' and a missing value as an empty Value, as in the
+    runtime. An entry holding anything else (an unknown field number, or key or
+    value with the wrong wire type, which the runtime also files as unknown) is
+    not decoded here: upb, the default runtime, then leaves the whole entry out
+    of the map (it keeps it among the parent's unknown fields,
+    _upb_Decoder_DecodeToMap), while the pure-Python runtime inserts it, so
+    only the runtime itself knows which answer is the reference.
+    """
     cdef uint64_t tag
     cdef Py_ssize_t n
     cdef object key = ""
@@ -256,7 +266,7 @@ cdef dict _entry_into(dict target, const unsigned char* buf, Py_ssize_t pos, Py_
             value = _value(buf, pos, pos + n)
             pos += n
         else:
-            pos = _skip(buf, pos, end, tag)
+            raise Unsupported("map entry with an unknown field")
     target[key] = value
     return target
 
