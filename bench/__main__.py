@@ -3,7 +3,7 @@
 import sys
 
 from apim_analytics import logs
-from bench import collector_ceiling, kafka_records, pipeline, spine
+from bench import collector_ceiling, kafka_records, memory, pipeline, spine
 
 logs.configure("WARNING")
 status = spine.main(sys.argv[1:])
@@ -15,4 +15,6 @@ print()
 status |= pipeline.main(["--store", "sqlite"])
 print()
 status |= pipeline.main(["--store", "postgresql", "--kafka-clients", "kafka-python"])
+print()
+status |= memory.main([])
 sys.exit(status)
