@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,8 @@ JSON_ENV = "APIM_SIM_JSON"
 _TRUE = ("1", "true", "yes", "on")
 
 
-def simulate(config: SimulationConfig, *, catalog: Catalog | None = None) -> tuple[SendReport, GroundTruth]:
+def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
+             on_delivered: Callable[[int], None] | None = None) -> tuple[SendReport, GroundTruth]:
     """Run one simulation; see :func:`simulator.runner.simulate`.
 
     Re-exported here for the demo and tests; the heavy modules (gRPC,
@@ -45,7 +47,7 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None) -> tup
     """
     from simulator.runner import simulate as run_simulation
 
-    return run_simulation(config, catalog=catalog)
+    return run_simulation(config, catalog=catalog, on_delivered=on_delivered)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ batch built), so it is exactly what the store should end up holding.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from apim_analytics.settings import SettingsError
@@ -61,7 +62,8 @@ def signing_key_for(config: SimulationConfig) -> SigningKey:
     return SigningKey.generate()
 
 
-def simulate(config: SimulationConfig, *, catalog: Catalog | None = None) -> tuple[SendReport, GroundTruth]:
+def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
+             on_delivered: Callable[[int], None] | None = None) -> tuple[SendReport, GroundTruth]:
     """Generate, build and send one run of traffic.
 
     Steps, in order:
@@ -79,6 +81,9 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None) -> tup
         config: the run.
         catalog: a prebuilt catalog (must match ``seed`` for the subscription
             file a collector loaded to agree).
+        on_delivered: told the number of requests of each call the collector
+            acknowledged, as it happens (harnesses measure freshness and
+            recovery from it).
 
     Returns:
         (send report, ground truth of delivered requests).
@@ -114,6 +119,8 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None) -> tup
         batch = in_flight.pop(msg.dedup_id)
         if delivered:
             truth.add_all(batch)
+            if on_delivered is not None:
+                on_delivered(len(batch))
 
     if config.dry_run:
         report = SendReport(target=config.target, dry_run=True)

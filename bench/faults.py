@@ -1,0 +1,273 @@
+"""Fault scenarios with the whole system running: ``python -m bench.faults``.
+
+Each scenario runs simulated Mixer traffic (real gRPC, paced in real time, retried like Mixer
+until accepted) into a collector process, the real Kafka broker, a pipeline process in follow
+mode and the store, breaks one part while traffic flows, and ends by comparing the store with
+the simulator's ground truth cell by cell (minute, API, version, application, tier). It reports
+events sent (acknowledged to the sender), stored, lost, doubled, and the recovery time: from the
+moment the broken part is back to the moment the store holds every event acknowledged before then.
+
+    python -m bench.faults [--rate 1000] [--duration 40] [--store postgresql|sqlite] [--only NAME ...]
+
+Results go to bench/results/faults.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.harness import System, Traffic
+from bench.hostile import flood
+
+RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    sent: int
+    stored: int
+    lost: int
+    doubled: int
+    recovery_s: list[float]
+    wall_s: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return self.lost == 0 and self.doubled == 0 and self.sent == self.stored
+
+
+Fault = Callable[[System, Traffic, "Plan"], list[float]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How hard a scenario pushes: traffic rate and length, and a seed for the random moments."""
+
+    rate: float = 1000.0
+    duration_s: float = 40.0
+    seed: int = 11
+    spool_max_mb: float = 0.25  # spool_quota_exhausted: small enough to fill in seconds at ``rate``
+    kafka_traffic_s: float = 90.0  # kafka_killed_twice: traffic long enough for two broker restarts
+
+
+def _recovered(system: System, traffic: Traffic) -> float:
+    """Seconds until the store holds everything acknowledged up to now."""
+    return round(system.wait_stored(traffic.delivered), 2)
+
+
+def _sleep_until(t0: float, at_s: float) -> None:
+    time.sleep(max(0.0, t0 + at_s - time.monotonic()))
+
+
+def kafka_killed_twice(system: System, traffic: Traffic, plan: Plan) -> list[float]:
+    """SIGKILL the broker, start it again, twice, while traffic flows (the collector spools meanwhile).
+
+    The second kill follows the first recovery; the traffic lasts long enough for both
+    (``Plan.kafka_traffic_s``), and ``kills_under_load`` says how many happened while it flowed.
+    """
+    services, out, under_load = system.services(), [], 0
+    time.sleep(0.1 * plan.duration_s)
+    for _ in range(2):
+        under_load += traffic.running
+        services.kill_kafka()
+        time.sleep(2.0)
+        services.start_kafka()
+        out.append(_recovered(system, traffic))
+        time.sleep(1.0)
+    system.details["kills_under_load"] = under_load
+    return out
+
+
+def collector_killed_holding_spool(system: System, traffic: Traffic, plan: Plan) -> list[float]:
+    """Hang the broker so the collector spools, SIGKILL the collector, then bring both back."""
+    services, t0 = system.services(), time.monotonic()
+    _sleep_until(t0, 0.2 * plan.duration_s)
+    services.pause_kafka()
+    try:
+        deadline = time.monotonic() + 60
+        while _counter(system.metrics(), "apim_collector_records_spooled_total") < 5:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the collector did not spool while the broker was hung")
+            time.sleep(0.2)
+        spooled = _counter(system.metrics(), "apim_collector_records_spooled_total")
+        system.kill_collector()
+    finally:
+        services.resume_kafka()
+    system.start_collector()
+    system.details["records_spooled_before_the_kill"] = spooled
+    return [_recovered(system, traffic)]
+
+
+def pipeline_killed_ten_times(system: System, traffic: Traffic, plan: Plan) -> list[float]:
+    """SIGKILL the pipeline at random moments (seeded), restarting it each time."""
+    rng = random.Random(plan.seed)
+    moments = []
+    for _ in range(10):
+        time.sleep(rng.uniform(0.3, 0.6) * plan.duration_s / 10)
+        system.kill_pipeline()
+        system.start_pipeline()
+        moments.append(round(time.monotonic(), 2))
+    return [_recovered(system, traffic)]
+
+
+def postgres_restarted(system: System, traffic: Traffic, plan: Plan) -> list[float]:
+    """pg_ctl restart (fast) under load: the pipeline's open run fails and is planned again."""
+    services, t0 = system.services(), time.monotonic()
+    _sleep_until(t0, 0.3 * plan.duration_s)
+    services.restart_postgres()
+    return [_recovered(system, traffic)]
+
+
+def spool_quota_exhausted(system: System, traffic: Traffic, plan: Plan) -> list[float]:
+    """Hang the broker until the (small) spool is full: calls must get UNAVAILABLE, not be dropped."""
+    services, t0 = system.services(), time.monotonic()
+    _sleep_until(t0, 0.15 * plan.duration_s)
+    services.pause_kafka()
+    try:
+        deadline = time.monotonic() + 120
+        while _counter(system.metrics(), "apim_collector_calls_total", 'code="UNAVAILABLE"') < 3:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the spool never filled up (no UNAVAILABLE answers)")
+            time.sleep(0.2)
+        time.sleep(2.0)  # stay full for a while: Mixer keeps retrying
+        system.details["unavailable_answers"] = _counter(system.metrics(), "apim_collector_calls_total",
+                                                         'code="UNAVAILABLE"')
+    finally:
+        services.resume_kafka()
+    return [_recovered(system, traffic)]
+
+
+def hostile_flood(system: System, traffic: Traffic, plan: Plan) -> list[float]:
+    """Malformed and hostile calls mixed into the real traffic: zero crashes, every rejection counted."""
+    time.sleep(0.1 * plan.duration_s)
+    report = flood(system.target, calls=max(70, int(plan.duration_s * 5)), seed=plan.seed, pause_s=0.05)
+    assert system.collector is not None
+    metrics = system.metrics()
+    system.details.update(
+        hostile_calls=report.sent, by_kind=dict(report.by_kind), answered=dict(report.statuses),
+        collector_alive=system.collector.poll() is None,
+        collector_invalid_argument=_counter(metrics, "apim_collector_calls_total", 'code="INVALID_ARGUMENT"'),
+        collector_instances_rejected=_counter(metrics, "apim_collector_instances_rejected_total"),
+        instances_refused_expected=report.instances_refused_expected)
+    return []
+
+
+SCENARIOS: dict[str, tuple[Fault, list[str]]] = {
+    "kafka_killed_twice": (kafka_killed_twice, []),
+    "collector_killed_holding_spool": (collector_killed_holding_spool, ["--ack-timeout-s", "1"]),
+    "pipeline_killed_ten_times": (pipeline_killed_ten_times, []),
+    "postgres_restarted": (postgres_restarted, []),
+    "spool_quota_exhausted": (spool_quota_exhausted, ["--ack-timeout-s", "1"]),
+    "hostile_flood": (hostile_flood, []),
+}
+
+
+def _counter(metrics: str, name: str, labels: str = "") -> float:
+    """Sum of a Prometheus counter's samples (those whose labels contain ``labels``)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name) and not line.startswith("#") and labels in line:
+            head, _, value = line.rpartition(" ")
+            if head.split("{")[0] == name:
+                total += float(value)
+    return total
+
+
+def run_scenario(name: str, plan: Plan, store_url: str, workdir: Path, kafka: str = "127.0.0.1:9092"
+                 ) -> ScenarioResult:
+    """Run one scenario end to end on a fresh topic; the store at ``store_url`` must be empty."""
+    fault, collector_args = SCENARIOS[name]
+    if name == "spool_quota_exhausted":
+        collector_args = [*collector_args, "--spool-max-mb", str(plan.spool_max_mb)]
+    began = time.monotonic()
+    system = System(workdir, store_url, kafka=kafka, collector_args=collector_args, seed=plan.seed)
+    with system:
+        duration = max(plan.duration_s, plan.kafka_traffic_s) if name == "kafka_killed_twice" else plan.duration_s
+        traffic = system.traffic(rate=plan.rate, duration_s=duration, seed=plan.seed)
+        recovery = fault(system, traffic, plan)
+        report, truth = traffic.join(timeout_s=duration + 600)
+        system.wait_stored(truth.totals()["requests"], timeout_s=300)
+        time.sleep(2.0)  # anything counted twice would land by now: one more pipeline run at least
+        outcome = system.outcome(truth)
+        details = dict(system.details, generated=report.instances + report.failed_instances,
+                       sender_retries=report.retries, sender_failures=report.failures,
+                       sender_statuses=dict(report.status_counts) if report.status_counts else {})
+    return ScenarioResult(name, outcome.sent, outcome.stored, outcome.lost, outcome.doubled, recovery,
+                          round(time.monotonic() - began, 1), details)
+
+
+def _store_url(kind: str, workdir: Path, name: str) -> tuple[str, Callable[[], None]]:
+    """A fresh store for one scenario (a private PostgreSQL schema, or a SQLite file)."""
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / (name + '.db')}", lambda: None
+    from sqlalchemy import text
+
+    from store.engine import make_engine
+
+    base = os.environ.get("APIM_BENCH_PG_URL", "postgresql+psycopg://apim:apim@127.0.0.1:55432/apim_test")
+    schema = f"faults_{name}_{int(time.time())}"
+    admin = make_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+    def drop() -> None:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}", drop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=1000.0, help="simulated requests per second (default 1000)")
+    parser.add_argument("--duration", type=float, default=40.0, help="seconds of traffic per scenario (default 40)")
+    parser.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql",
+                        help="store kind (default postgresql; postgres_restarted needs it)")
+    parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), default=None, help="run only these")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                        help="the local broker to use (and break) [env: APIM_KAFKA_BOOTSTRAP]")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    args = parser.parse_args(argv)
+    plan = Plan(rate=args.rate, duration_s=args.duration, seed=args.seed)
+    names = args.only or list(SCENARIOS)
+    results = []
+    print(f"{'scenario':<32} {'sent':>8} {'stored':>8} {'lost':>5} {'doubled':>7} {'recovery s':>14} {'wall s':>7}")
+    for name in names:
+        if name == "postgres_restarted" and args.store != "postgresql":
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"apim-fault-{name}-") as tmp:
+            url, drop = _store_url(args.store, Path(tmp), name)
+            try:
+                r = run_scenario(name, plan, url, Path(tmp), kafka=args.kafka)
+            finally:
+                drop()
+        results.append(r)
+        rec = ", ".join(f"{x:.1f}" for x in r.recovery_s) or "-"
+        print(f"{r.name:<32} {r.sent:>8} {r.stored:>8} {r.lost:>5} {r.doubled:>7} {rec:>14} {r.wall_s:>7.1f}"
+              f"{'' if r.exact else '   NOT EXACT'}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {"cores": os.cpu_count()},
+        "plan": asdict(plan), "store": args.store,
+        "scenarios": [asdict(r) | {"exact": r.exact} for r in results]}, indent=2) + "\n")
+    print(f"results: {args.out}")
+    return 0 if all(r.exact for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

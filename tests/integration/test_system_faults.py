@@ -1,0 +1,65 @@
+"""Faults with the whole system running (bench.faults at a small scale): simulator -> collector
+process -> real Kafka broker -> pipeline process (follow mode) -> real PostgreSQL, one part broken
+while traffic flows; the store must equal the simulator's ground truth exactly afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.faults import Plan, run_scenario
+from bench.hostile import KINDS
+from tests.conftest import KAFKA, fresh_store
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.postgres]
+
+PLAN = Plan(rate=300.0, duration_s=14.0, seed=11, spool_max_mb=0.03, kafka_traffic_s=60.0)
+
+
+def _run(name: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    with fresh_store("postgresql", tmp_path) as url:
+        result = run_scenario(name, PLAN, url, tmp_path, kafka=KAFKA)
+    # every generated request was accepted in the end (Mixer retries), and stored once
+    assert result.details["sender_failures"] == 0
+    assert result.sent == result.details["generated"] >= PLAN.rate * PLAN.duration_s * 0.8
+    assert (result.lost, result.doubled, result.stored) == (0, 0, result.sent), result
+    return result
+
+
+def test_kafka_broker_killed_and_restarted_twice(tmp_path: Path) -> None:
+    result = _run("kafka_killed_twice", tmp_path)
+    assert len(result.recovery_s) == 2
+    assert result.details["kills_under_load"] == 2
+
+
+def test_collector_killed_while_holding_a_spool(tmp_path: Path) -> None:
+    result = _run("collector_killed_holding_spool", tmp_path)
+    assert result.details["records_spooled_before_the_kill"] >= 5
+    assert result.details["sender_retries"] > 0  # Mixer's calls failed while the collector was down
+
+
+def test_pipeline_killed_ten_times(tmp_path: Path) -> None:
+    _run("pipeline_killed_ten_times", tmp_path)
+
+
+def test_postgres_restarted_under_load(tmp_path: Path) -> None:
+    _run("postgres_restarted", tmp_path)
+
+
+def test_spool_quota_exhausted_gives_unavailable_not_loss(tmp_path: Path) -> None:
+    result = _run("spool_quota_exhausted", tmp_path)
+    assert result.details["unavailable_answers"] >= 3
+    assert result.details["sender_retries"] >= result.details["unavailable_answers"]
+
+
+def test_hostile_flood_mixed_into_real_traffic(tmp_path: Path) -> None:
+    result = _run("hostile_flood", tmp_path)
+    d = result.details
+    calls = d["hostile_calls"]
+    assert calls == 70 and d["by_kind"] == {k: 10 for k in KINDS}
+    assert d["collector_alive"] is True
+    refused_calls = 10 * 5  # random_bytes, truncated, invalid_utf8, too_many_instances, oversize
+    assert d["answered"] == {"INVALID_ARGUMENT": refused_calls, "OK": 20}
+    assert d["collector_invalid_argument"] == refused_calls  # every refusal counted by the collector
+    assert d["collector_instances_rejected"] == d["instances_refused_expected"] == 20
