@@ -490,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated requests/s of the pipeline's base traffic (bench/pipeline.py)")
     parser.add_argument("--seed", type=int, default=5, help="seed of the pipeline's simulated traffic")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between RSS samples")
-    parser.add_argument("--collector-target-mb", type=float, default=COLLECTOR_TARGET_MB)
-    parser.add_argument("--pipeline-target-mb", type=float, default=PIPELINE_TARGET_MB)
+    parser.add_argument("--collector-target-mb", type=float, default=COLLECTOR_TARGET_MB,
+                        help="pass mark for the collector's peak RSS, MB")
+    parser.add_argument("--pipeline-target-mb", type=float, default=PIPELINE_TARGET_MB,
+                        help="pass mark for the pipeline's peak RSS, MB")
     parser.add_argument("--keep-topic", action="store_true", help="keep the pipeline's topic (deleted by default)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for memory.json")
     args = parser.parse_args(argv)
