@@ -8,6 +8,7 @@ schema, which is the default schema both Alembic and the comparison use.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import subprocess
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -28,7 +30,14 @@ from apim_analytics.cli import main
 from store import migrate
 from store.engine import StoreError, create_schema, make_engine
 from store.latency import BUCKET_COUNT, bucket_rows
-from store.tables import latency_buckets, metadata
+from store.tables import (
+    USAGE_MAX_COLUMNS,
+    USAGE_MIN_COLUMNS,
+    USAGE_SUM_COLUMNS,
+    USAGE_TABLES,
+    latency_buckets,
+    metadata,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +81,7 @@ def test_current_revision_is_head(engine: Engine) -> None:
     assert migrate.current_revision(engine) is None
     migrate.upgrade(engine)
     script_head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
-    assert migrate.current_revision(engine) == migrate.head_revision() == script_head == "0003_billing"
+    assert migrate.current_revision(engine) == migrate.head_revision() == script_head == "0004_usage_api_index"
 
 
 def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
@@ -85,7 +94,7 @@ def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
     event.listen(engine, "before_cursor_execute", record)
     try:
         create_schema(engine)
-        migrate.upgrade(engine, "0003_billing")
+        migrate.upgrade(engine, "0004_usage_api_index")
     finally:
         event.remove(engine, "before_cursor_execute", record)
     writes = [s for s in statements if s in ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")]
@@ -103,6 +112,30 @@ def test_latency_buckets_are_filled_by_the_migration(engine: Engine) -> None:
     assert rows == bucket_rows()  # floats round-trip exactly (REAL / double precision)
     assert rows[0]["lower_ms"] == 0.0 and rows[-1]["upper_ms"] is None
     assert all(a["upper_ms"] == b["lower_ms"] for a, b in itertools.pairwise(rows))
+
+
+def test_usage_api_indexes_are_added_to_a_store_holding_data(engine: Engine) -> None:
+    """0004 on a store at 0003 with usage rows: each usage table gains its (api_name, bucket_start) index."""
+    migrate.upgrade(engine, "0003_billing")
+    key = {"bucket_start": dt.datetime(2026, 3, 1), "api_name": "PizzaShackAPI", "api_version": "1.0.0",
+           "api_context": "/pizzashack/1.0.0", "application_id": "app-1", "tier": "Gold", "key_type": "PRODUCTION",
+           "resource_template": "/menu", "method": "GET"}
+    measures = dict.fromkeys((*USAGE_SUM_COLUMNS, *USAGE_MIN_COLUMNS, *USAGE_MAX_COLUMNS), 0) | {"requests": 3}
+    with engine.begin() as conn:
+        for table in USAGE_TABLES.values():
+            conn.execute(table.insert(), [key | measures])
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        indexes = {table.name: {i["name"]: i["column_names"] for i in inspect(conn).get_indexes(table.name)}
+                   for table in USAGE_TABLES.values()}
+        kept = [conn.execute(select(table.c.requests)).scalar_one() for table in USAGE_TABLES.values()]
+    assert indexes == {f"usage_{g}": {f"ix_usage_{g}_api_bucket": ["api_name", "bucket_start"]}
+                       for g in ("minute", "hour", "day", "month")}
+    assert kept == [3, 3, 3, 3]
+    with engine.begin() as conn:  # the revision's downgrade (developers only: no CLI for it)
+        command.downgrade(migrate.alembic_config(conn), "0003_billing")
+    with engine.connect() as conn:
+        assert all(inspect(conn).get_indexes(table.name) == [] for table in USAGE_TABLES.values())
 
 
 def test_pre_alembic_store_is_refused_with_instructions(engine: Engine) -> None:
@@ -208,11 +241,11 @@ def test_cli_migrate_and_revision(store_url: str, capsys: pytest.CaptureFixture[
     assert main(["store", "revision", "--store", store_url]) == 0
     assert capsys.readouterr().out.strip() == "<empty>"
     assert main(["store", "migrate", "--store", store_url]) == 0
-    assert capsys.readouterr().out.strip() == "store: <empty> -> 0003_billing"
-    assert main(["store", "migrate", "--store", store_url, "--revision", "0003_billing"]) == 0
-    assert capsys.readouterr().out.strip() == "store: 0003_billing -> 0003_billing"
+    assert capsys.readouterr().out.strip() == "store: <empty> -> 0004_usage_api_index"
+    assert main(["store", "migrate", "--store", store_url, "--revision", "0004_usage_api_index"]) == 0
+    assert capsys.readouterr().out.strip() == "store: 0004_usage_api_index -> 0004_usage_api_index"
     assert main(["store", "revision", "--store", store_url]) == 0
-    assert capsys.readouterr().out.strip() == "0003_billing"
+    assert capsys.readouterr().out.strip() == "0004_usage_api_index"
 
 
 def test_cli_store_defaults_to_env(store_url: str, capsys: pytest.CaptureFixture[str],
