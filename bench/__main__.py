@@ -1,20 +1,38 @@
-"""``python -m bench`` (``make bench``): run every benchmark."""
+"""``python -m bench`` (``make bench``): every benchmark, on this machine, with the real broker and
+PostgreSQL, then the summary table (bench/report.py) written into the README.
+
+In order: the spine and Kafka record micro-benchmarks; collector ingest (events/s per core, CPU-s
+per 1,000 events); pipeline throughput against the pandas baseline measured in the same run (SQLite
+and PostgreSQL); end-to-end freshness at 20,000 offered events/s and at a rate this machine
+sustains; analyst query latency on PostgreSQL holding 30 days; peak memory of the collector and of
+the pipeline working off a 10,000,000-event backlog; the fault scenarios. Each writes its JSON to
+bench/results/. About an hour on 2 cores.
+"""
 
 import sys
 
 from apim_analytics import logs
-from bench import collector_ceiling, kafka_records, memory, pipeline, spine
+from bench import (collector_ceiling, faults, freshness, kafka_records, memory, pipeline, query_latency, report,
+                   spine)
 
 logs.configure("WARNING")
-status = spine.main(sys.argv[1:])
+steps = [
+    ("spine", lambda: spine.main(sys.argv[1:])),
+    ("kafka records", lambda: kafka_records.main([])),
+    ("collector ingest", lambda: collector_ceiling.main([])),
+    ("pipeline, SQLite", lambda: pipeline.main(["--store", "sqlite"])),
+    ("pipeline, PostgreSQL", lambda: pipeline.main(["--store", "postgresql", "--kafka-clients", "kafka-python"])),
+    ("freshness at 20,000 events/s", lambda: freshness.main(["--rate", "20000"])),
+    ("freshness at 2,000 events/s", lambda: freshness.main(["--rate", "2000", "--out",
+                                                            str(freshness.RESULTS.with_name("freshness-2000.json"))])),
+    ("analyst query latency", lambda: query_latency.main([])),
+    ("memory", lambda: memory.main([])),
+    ("faults", lambda: faults.main([])),
+]
+status = 0
+for name, step in steps:
+    print(f"\n=== {name}", flush=True)
+    status |= step()
 print()
-status |= kafka_records.main([])
-print()
-status |= collector_ceiling.main([])
-print()
-status |= pipeline.main(["--store", "sqlite"])
-print()
-status |= pipeline.main(["--store", "postgresql", "--kafka-clients", "kafka-python"])
-print()
-status |= memory.main([])
+report.main(["--readme", "README.md"])
 sys.exit(status)

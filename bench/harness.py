@@ -256,14 +256,33 @@ class System:
         log = open(self.workdir / "pipeline.log", "ab")  # noqa: SIM115 - handed to the child process
         self.pipeline = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
+    def wait_pipeline_ready(self, timeout_s: float = 120.0) -> float:
+        """Seconds until the pipeline has finished its first run (empty or not): imports done, store
+        migrated, Beam warmed up, so what follows measures steady state, not a cold start."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            if self.pipeline is not None and self.pipeline.poll() is not None:
+                raise RuntimeError(f"the pipeline exited ({self.pipeline.returncode}); see {self.workdir}/pipeline.log")
+            try:
+                runs = [line for line in self.metrics("pipeline").splitlines()
+                        if line.startswith("apim_pipeline_runs_total{")]
+                if sum(float(line.rpartition(" ")[2]) for line in runs) >= 1:
+                    return time.monotonic() - began
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"the pipeline did not finish a first run within {timeout_s}s")
+
     def kill_pipeline(self) -> None:
         assert self.pipeline is not None
         self.pipeline.kill()
         self.pipeline.wait()
 
     def start(self) -> System:
-        self.start_collector()
+        """Both processes up and ready (collector SERVING, pipeline answering /healthz)."""
         self.start_pipeline()
+        self.start_collector()
+        self.wait_pipeline_ready()
         return self
 
     def stop(self) -> None:

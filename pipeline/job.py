@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from kafka import KafkaConsumer
+from sqlalchemy import Engine
 
 from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
@@ -222,19 +223,51 @@ def prepare_store(settings: PipelineSettings) -> None:
         engine.dispose()
 
 
+class _Planner:
+    """The planner's Kafka consumer and read-only store engine, kept between runs of one process.
+
+    Why: follow mode plans a run every ``--interval`` seconds; a new consumer and engine each time
+    cost a bootstrap and a connection, the larger part of a small run's fixed cost. After a failed
+    plan both are dropped, so the next attempt starts from fresh connections.
+    """
+
+    _kept: dict[tuple[str, str], tuple[KafkaConsumer, Engine]] = {}
+
+    @classmethod
+    def take(cls, settings: PipelineSettings) -> tuple[KafkaConsumer, Engine]:
+        kept = cls._kept.pop((settings.kafka, settings.store), None)
+        if kept is not None:
+            return kept
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False, group_id=None,
+                                 client_id="apim-pipeline-planner")
+        return consumer, make_engine(settings.store, readonly=True)
+
+    @classmethod
+    def give_back(cls, settings: PipelineSettings, consumer: KafkaConsumer, engine: Engine, healthy: bool) -> None:
+        """Keep the pair for the next run (only the latest pair is kept: a process follows one topic)."""
+        while cls._kept:
+            _, (c, e) = cls._kept.popitem()
+            c.close()
+            e.dispose()
+        if healthy:
+            cls._kept[(settings.kafka, settings.store)] = (consumer, engine)
+        else:
+            consumer.close()
+            engine.dispose()
+
+
 def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> RunResult | None:
     """Plan and execute one bounded run; ``None`` when there is nothing to read."""
-    engine = make_engine(settings.store, readonly=True)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False, group_id=None,
-                             client_id="apim-pipeline-planner")
+    consumer, engine = _Planner.take(settings)
+    healthy = False
     try:
         waiting = waiting_ranges(consumer, settings.topic, stored_offsets(engine, settings.topic))
         metrics.BACKLOG.set(sum(end - start for start, end in waiting.values()))
         plan = share_budget(settings.topic, waiting, settings.max_records_per_run)
         admitted = admitted_resources(engine) if plan else {}
+        healthy = True
     finally:
-        consumer.close()
-        engine.dispose()
+        _Planner.give_back(settings, consumer, engine, healthy)
     if not plan:
         return None
     started = time.perf_counter()

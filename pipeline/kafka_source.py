@@ -12,6 +12,7 @@ few small frames, never an event.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -182,6 +183,39 @@ class ConfluentRanges:
 
 KAFKA_CLIENTS = {"kafka-python": KafkaPythonRanges, "confluent": ConfluentRanges}
 
+_IDLE_READERS: dict[tuple[str, str, int, int], list[KafkaPythonRanges | ConfluentRanges]] = {}
+_IDLE_LOCK = threading.Lock()
+_MAX_IDLE_PER_KEY = 4
+
+
+def take_reader(client: str, bootstrap: str, poll_timeout_ms: int, max_idle_polls: int
+                ) -> KafkaPythonRanges | ConfluentRanges:
+    """A range reader for this broker, reusing one a finished run gave back.
+
+    Why: in follow mode every run is a new Beam pipeline with new DoFn instances; a new consumer
+    costs a bootstrap and metadata round trips, which is most of a small run's reading time. A
+    reader holds no state between ranges (each read assigns and seeks), so reusing it is safe.
+    Per process: on a distributed runner each worker process keeps its own.
+    """
+    key = (client, bootstrap, poll_timeout_ms, max_idle_polls)
+    with _IDLE_LOCK:
+        idle = _IDLE_READERS.get(key)
+        if idle:
+            return idle.pop()
+    return KAFKA_CLIENTS[client](bootstrap, poll_timeout_ms, max_idle_polls)
+
+
+def give_back_reader(client: str, bootstrap: str, poll_timeout_ms: int, max_idle_polls: int,
+                     reader: KafkaPythonRanges | ConfluentRanges) -> None:
+    """Keep ``reader`` for the next run (a few per broker; beyond that it is closed)."""
+    key = (client, bootstrap, poll_timeout_ms, max_idle_polls)
+    with _IDLE_LOCK:
+        idle = _IDLE_READERS.setdefault(key, [])
+        if len(idle) < _MAX_IDLE_PER_KEY:
+            idle.append(reader)
+            return
+    reader.close()
+
 
 @dataclass
 class ReadResult:
@@ -257,7 +291,7 @@ class ReadUsageEvents(beam.DoFn):
         self._engine = None
 
     def setup(self) -> None:
-        self._reader = KAFKA_CLIENTS[self.kafka_client](self.bootstrap, self.poll_timeout_ms, self.max_idle_polls)
+        self._reader = take_reader(self.kafka_client, self.bootstrap, self.poll_timeout_ms, self.max_idle_polls)
         if self.store_url:
             from store.engine import make_engine
 
@@ -265,7 +299,8 @@ class ReadUsageEvents(beam.DoFn):
 
     def teardown(self) -> None:
         if self._reader is not None:
-            self._reader.close()
+            give_back_reader(self.kafka_client, self.bootstrap, self.poll_timeout_ms, self.max_idle_polls,
+                             self._reader)
             self._reader = None
         if self._engine is not None:
             self._engine.dispose()

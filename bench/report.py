@@ -1,0 +1,130 @@
+"""The performance table: the latest results of every benchmark, side by side with their targets.
+
+    python -m bench.report [--readme README.md]
+
+Reads bench/results/*.json (written by ``python -m bench``), prints a Markdown table, writes
+bench/results/summary.json, and with ``--readme`` replaces the block between
+``<!-- bench:summary:start -->`` and ``<!-- bench:summary:end -->`` in the README, so the README
+always shows the numbers of the last run with their date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+START, END = "<!-- bench:summary:start -->", "<!-- bench:summary:end -->"
+MIXER_CPU_S_PER_1000 = 0.6  # Mixer: about 0.6 vCPU per 1,000 requests/s (peers.md / Istio's published figure)
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def rows() -> list[dict[str, Any]]:
+    """One row per measure: what, measured, target, met (True/False/None when there is no target)."""
+    out: list[dict[str, Any]] = []
+    ceiling = _load("collector-ceiling-latest.json")
+    if ceiling:
+        full = next(r for r in ceiling["results"] if r["mode"] == "full")
+        cpu_per_1000 = full["cpu_us_per_event"] / 1000
+        out.append({"measure": "collector ingest (gRPC in, Kafka acks=all out)", "date": ceiling["date"],
+                    "measured": f"{full['events_per_cpu_s']:,} events/s per core; {cpu_per_1000:.3f} CPU-s per "
+                                f"1,000 events",
+                    "target": f"Mixer itself: about {MIXER_CPU_S_PER_1000} CPU-s per 1,000 requests "
+                              f"({MIXER_CPU_S_PER_1000 / cpu_per_1000:.1f}x ours)",
+                    "met": None})
+    for store in ("postgresql", "sqlite"):
+        pipe = _load(f"pipeline-{store}-latest.json")
+        if pipe:
+            p, b = pipe["pipeline"], pipe["pandas_baseline"]
+            ratio = b["events_per_cpu_s"] / p["events_per_cpu_s"]
+            out.append({"measure": f"pipeline throughput ({store}, {p['events']:,} events)", "date": pipe["date"],
+                        "measured": f"{p['events_per_cpu_s']:,} events/s per core ({p['events_per_s_wall']:,}/s wall)",
+                        "target": f"pandas baseline, same run: {b['events_per_cpu_s']:,} events/s per core "
+                                  f"(ours uses {ratio:.1f}x its CPU; target 500,000/core and <= 2x)",
+                        "met": p["events_per_cpu_s"] >= 500_000 and ratio <= 2})
+    for fresh in (_load("freshness.json"), _load("freshness-2000.json")):
+        if not fresh:
+            continue
+        out.append({"measure": "end-to-end freshness (call answered -> visible in PostgreSQL)", "date": fresh["date"],
+                    "measured": f"p50 {fresh['freshness_p50_s']} s, p99 {fresh['freshness_p99_s']} s at "
+                                f"{fresh['achieved_send_rate']:,.0f} events/s achieved "
+                                f"(offered {fresh['offered_rate']:,.0f})",
+                    "target": "p99 < 5 s at 20,000 events/s",
+                    "met": fresh["freshness_p99_s"] < 5 and fresh["achieved_send_rate"] >= 20_000 * 0.95})
+    query = _load("query_latency.json")
+    if query:
+        target = {k: v for k, v in query["queries"].items() if k.startswith("target usage(url)")}
+        worst = max(target.values(), key=lambda s: s["p99_ms"]) if target else None
+        if worst:
+            out.append({"measure": "analyst query: a month of one API by application and day (PostgreSQL, "
+                                   "30 days stored)", "date": query["date"],
+                        "measured": ", ".join(f"{k.split()[-2]} p50 {v['p50_ms']} ms / p99 {v['p99_ms']} ms"
+                                              for k, v in target.items()),
+                        "target": f"< {query['target_ms']:.0f} ms",
+                        "met": worst["p99_ms"] < query["target_ms"]})
+    memory = _load("memory.json")
+    if memory:
+        for name, comp in memory["components"].items():
+            mem = comp["memory"]
+            label = {"collector": "collector peak RSS at full load",
+                     "collector-spool": "collector peak RSS, Kafka away, spool filling",
+                     "pipeline": f"pipeline peak RSS, {comp.get('produced', {}).get('events', 0):,}-event backlog"}.get(name, name)
+            out.append({"measure": label, "date": memory["date"],
+                        "measured": f"{mem['peak_rss_mb']} MB ({'flat' if mem.get('flat') else 'GROWING'})",
+                        "target": f"< {comp['target_mb']} MB, no growth",
+                        "met": mem["peak_rss_mb"] < comp["target_mb"] and bool(mem.get("flat"))})
+    faults = _load("faults.json")
+    if faults:
+        for s in faults["scenarios"]:
+            rec = ", ".join(f"{x:.1f} s" for x in s["recovery_s"]) or "-"
+            out.append({"measure": f"fault: {s['name'].replace('_', ' ')}", "date": faults["date"],
+                        "measured": f"sent {s['sent']:,}, stored {s['stored']:,}, lost {s['lost']}, doubled "
+                                    f"{s['doubled']}; recovery {rec}",
+                        "target": "lost 0, doubled 0", "met": s["exact"]})
+    return out
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    machine = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    dates = sorted({r["date"][:10] for r in table})
+    lines = [f"Latest `make bench` results ({', '.join(dates)}; {machine}); regenerate with "
+             f"`python -m bench.report --readme README.md`.", "",
+             "| measure | measured | target / reference | met |", "|---|---|---|---|"]
+    for r in table:
+        met = {True: "yes", False: "**no**", None: "—"}[r["met"]]
+        lines.append(f"| {r['measure']} | {r['measured']} | {r['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=None, help="rewrite this file's summary block")
+    args = parser.parse_args(argv)
+    table = rows()
+    text = markdown(table)
+    print(text)
+    (RESULTS / "summary.json").write_text(json.dumps(
+        {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": table}, indent=2) + "\n")
+    if args.readme:
+        readme = args.readme.read_text()
+        if START not in readme or END not in readme:
+            print(f"bench.report: {args.readme} has no {START} ... {END} block", file=sys.stderr)
+            return 2
+        head, _, rest = readme.partition(START)
+        _, _, tail = rest.partition(END)
+        args.readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
