@@ -14,7 +14,7 @@ from tests.conftest import KAFKA, fresh_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.postgres]
 
-PLAN = Plan(rate=300.0, duration_s=14.0, seed=11, spool_max_mb=0.03, kafka_traffic_s=60.0)
+PLAN = Plan(rate=300.0, duration_s=10.0, seed=11, spool_max_mb=0.03, kafka_traffic_s=50.0)
 
 
 def _run(name: str, tmp_path: Path):  # type: ignore[no-untyped-def]
