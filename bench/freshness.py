@@ -42,9 +42,9 @@ def _first_at_least(timeline: list[tuple[float, int]], counts: np.ndarray) -> np
 
 
 def measure(store_url: str, workdir: Path, *, rate: float, duration_s: float, poll_s: float = 0.1,
-            seed: int = 5, interval_s: float = 0.2) -> dict[str, Any]:
+            seed: int = 5, interval_s: float = 0.2, kafka: str = "127.0.0.1:9092") -> dict[str, Any]:
     """Run the system at ``rate`` for ``duration_s`` and return the freshness figures."""
-    system = System(workdir, store_url, seed=seed, pipeline_args=[])
+    system = System(workdir, store_url, kafka=kafka, seed=seed)
     stored: list[tuple[float, int]] = [(time.monotonic(), 0)]
     stop = threading.Event()
 
@@ -93,12 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of traffic (default 30)")
     parser.add_argument("--poll", type=float, default=0.1, help="store poll interval, seconds (default 0.1)")
     parser.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                        help="the local broker [env: APIM_KAFKA_BOOTSTRAP]")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="apim-freshness-") as tmp:
         url, drop = _store_url(args.store, Path(tmp), "freshness")
         try:
-            result = measure(url, Path(tmp), rate=args.rate, duration_s=args.duration, poll_s=args.poll)
+            result = measure(url, Path(tmp), rate=args.rate, duration_s=args.duration, poll_s=args.poll,
+                             kafka=args.kafka)
         finally:
             drop()
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {"cores": os.cpu_count()},
