@@ -29,7 +29,8 @@ from sqlalchemy import Engine
 from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
 from pipeline import metrics
-from pipeline.kafka_source import DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, share_budget, waiting_ranges
+from pipeline.kafka_source import (DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, pool_readers, share_budget,
+                                   waiting_ranges)
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
 from store.retention import RetentionSettings, purge
@@ -232,6 +233,15 @@ class _Planner:
     """
 
     _kept: dict[tuple[str, str], tuple[KafkaConsumer, Engine]] = {}
+    enabled = False  # only inside run()'s loop; a lone run_once() closes what it opened
+
+    @classmethod
+    def release(cls) -> None:
+        """Close what is kept (leaving run(), so no idle client outlives the loop)."""
+        while cls._kept:
+            _, (c, e) = cls._kept.popitem()
+            c.close()
+            e.dispose()
 
     @classmethod
     def take(cls, settings: PipelineSettings) -> tuple[KafkaConsumer, Engine]:
@@ -245,11 +255,8 @@ class _Planner:
     @classmethod
     def give_back(cls, settings: PipelineSettings, consumer: KafkaConsumer, engine: Engine, healthy: bool) -> None:
         """Keep the pair for the next run (only the latest pair is kept: a process follows one topic)."""
-        while cls._kept:
-            _, (c, e) = cls._kept.popitem()
-            c.close()
-            e.dispose()
-        if healthy:
+        cls.release()
+        if healthy and cls.enabled:
             cls._kept[(settings.kafka, settings.store)] = (consumer, engine)
         else:
             consumer.close()
@@ -299,10 +306,15 @@ def run(settings: PipelineSettings, beam_args: list[str] | None = None, stop: th
             signal.signal(sig, lambda *_: stop.set())
     health = metrics.Health(settings.unhealthy_after_s)
     server = metrics.serve(settings.metrics_listen, health) if settings.follow and settings.metrics_listen else None
+    _Planner.enabled = True
+    pool_readers(True)
     try:
         _with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
         _loop(settings, beam_args, stop, retention, health, results)
     finally:
+        _Planner.enabled = False
+        _Planner.release()
+        pool_readers(False)
         if server is not None:
             server.shutdown()
             server.server_close()

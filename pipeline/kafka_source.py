@@ -186,6 +186,21 @@ KAFKA_CLIENTS = {"kafka-python": KafkaPythonRanges, "confluent": ConfluentRanges
 _IDLE_READERS: dict[tuple[str, str, int, int], list[KafkaPythonRanges | ConfluentRanges]] = {}
 _IDLE_LOCK = threading.Lock()
 _MAX_IDLE_PER_KEY = 4
+_POOLING = False
+
+
+def pool_readers(enabled: bool) -> None:
+    """Keep readers between runs (``pipeline.job.run`` turns this on for its loop) or, by default and
+    on leaving, close them: an idle client left in a process keeps connections and logs when its
+    broker goes away."""
+    global _POOLING
+    with _IDLE_LOCK:
+        _POOLING = enabled
+        idle = [] if enabled else [r for readers in _IDLE_READERS.values() for r in readers]
+        if not enabled:
+            _IDLE_READERS.clear()
+    for reader in idle:
+        reader.close()
 
 
 def take_reader(client: str, bootstrap: str, poll_timeout_ms: int, max_idle_polls: int
@@ -211,7 +226,7 @@ def give_back_reader(client: str, bootstrap: str, poll_timeout_ms: int, max_idle
     key = (client, bootstrap, poll_timeout_ms, max_idle_polls)
     with _IDLE_LOCK:
         idle = _IDLE_READERS.setdefault(key, [])
-        if len(idle) < _MAX_IDLE_PER_KEY:
+        if _POOLING and len(idle) < _MAX_IDLE_PER_KEY:
             idle.append(reader)
             return
     reader.close()
