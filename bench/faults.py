@@ -67,10 +67,6 @@ def _recovered(system: System, traffic: Traffic) -> float:
     return round(system.wait_stored(traffic.delivered), 2)
 
 
-def _sleep_until(t0: float, at_s: float) -> None:
-    time.sleep(max(0.0, t0 + at_s - time.monotonic()))
-
-
 def kafka_killed_twice(system: System, traffic: Traffic, plan: Plan) -> list[float]:
     """SIGKILL the broker and start it again, twice in a row, while traffic flows (the collector spools
     meanwhile); the recovery is measured from the second restart.
@@ -94,16 +90,12 @@ def kafka_killed_twice(system: System, traffic: Traffic, plan: Plan) -> list[flo
 
 def collector_killed_holding_spool(system: System, traffic: Traffic, plan: Plan) -> list[float]:
     """Hang the broker so the collector spools, SIGKILL the collector, then bring both back."""
-    services, t0 = system.services(), time.monotonic()
-    _sleep_until(t0, 0.2 * plan.duration_s)
+    services = system.services()
+    time.sleep(0.2 * plan.duration_s)
     services.pause_kafka()
     try:
-        deadline = time.monotonic() + 60
-        while _counter(system.metrics(), "apim_collector_records_spooled_total") < 5:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the collector did not spool while the broker was hung")
-            time.sleep(0.2)
-        spooled = _counter(system.metrics(), "apim_collector_records_spooled_total")
+        spooled = _wait_for_counter(system, "apim_collector_records_spooled_total", "", 5, 60,
+                                    "the collector did not spool while the broker was hung")
         system.kill_collector()
     finally:
         services.resume_kafka()
@@ -115,34 +107,28 @@ def collector_killed_holding_spool(system: System, traffic: Traffic, plan: Plan)
 def pipeline_killed_ten_times(system: System, traffic: Traffic, plan: Plan) -> list[float]:
     """SIGKILL the pipeline at random moments (seeded), restarting it each time."""
     rng = random.Random(plan.seed)
-    moments = []
     for _ in range(10):
         time.sleep(rng.uniform(0.3, 0.6) * plan.duration_s / 10)
         system.kill_pipeline()
         system.start_pipeline()
-        moments.append(round(time.monotonic(), 2))
     return [_recovered(system, traffic)]
 
 
 def postgres_restarted(system: System, traffic: Traffic, plan: Plan) -> list[float]:
     """pg_ctl restart (fast) under load: the pipeline's open run fails and is planned again."""
-    services, t0 = system.services(), time.monotonic()
-    _sleep_until(t0, 0.3 * plan.duration_s)
-    services.restart_postgres()
+    time.sleep(0.3 * plan.duration_s)
+    system.services().restart_postgres()
     return [_recovered(system, traffic)]
 
 
 def spool_quota_exhausted(system: System, traffic: Traffic, plan: Plan) -> list[float]:
     """Hang the broker until the (small) spool is full: calls must get UNAVAILABLE, not be dropped."""
-    services, t0 = system.services(), time.monotonic()
-    _sleep_until(t0, 0.15 * plan.duration_s)
+    services = system.services()
+    time.sleep(0.15 * plan.duration_s)
     services.pause_kafka()
     try:
-        deadline = time.monotonic() + 120
-        while _counter(system.metrics(), "apim_collector_calls_total", 'code="UNAVAILABLE"') < 3:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the spool never filled up (no UNAVAILABLE answers)")
-            time.sleep(0.2)
+        _wait_for_counter(system, "apim_collector_calls_total", 'code="UNAVAILABLE"', 3, 120,
+                          "the spool never filled up (no UNAVAILABLE answers)")
         time.sleep(2.0)  # stay full for a while: Mixer keeps retrying
         system.details["unavailable_answers"] = _counter(system.metrics(), "apim_collector_calls_total",
                                                          'code="UNAVAILABLE"')
@@ -174,6 +160,17 @@ SCENARIOS: dict[str, tuple[Fault, list[str]]] = {
     "spool_quota_exhausted": (spool_quota_exhausted, ["--ack-timeout-s", "1"]),
     "hostile_flood": (hostile_flood, []),
 }
+
+
+def _wait_for_counter(system: System, name: str, labels: str, at_least: float, timeout_s: float,
+                      failure: str) -> float:
+    """Poll the collector's counter until it reaches ``at_least``; its value then."""
+    deadline = time.monotonic() + timeout_s
+    while (value := _counter(system.metrics(), name, labels)) < at_least:
+        if time.monotonic() > deadline:
+            raise RuntimeError(failure)
+        time.sleep(0.2)
+    return value
 
 
 def _counter(metrics: str, name: str, labels: str = "") -> float:

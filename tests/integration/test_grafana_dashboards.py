@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from dashboards.grafana_macros import ALL, Variable, render
 from pipeline.commit import commit_run
@@ -44,7 +43,7 @@ from store.throttle import (
     subscription_key,
     throttle_status,
 )
-from tests.conftest import PG_URL, _pg_schema_url
+from tests.conftest import fresh_store
 from tests.integration.test_store_commit import event, facts
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -104,35 +103,25 @@ EVENTS = _make_events()
 # --- the store ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def store() -> Iterator[tuple[str, Engine]]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
     """A private schema in the real PostgreSQL, filled once for the module; (url, read-only engine)."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(PG_URL)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable ({exc}); start it with `make services`")
-    url = _pg_schema_url(schema)
-    writer = make_engine(url)
-    reader = make_engine(url, readonly=True)
-    try:
-        create_schema(writer)
-        with writer.begin() as conn:
-            store_policies(conn, POLICIES)
-        shuffled = EVENTS[:]
-        random.Random(5).shuffle(shuffled)  # runs in any order: the merges are order-free
-        offset = 0
-        for part in (shuffled[:90], shuffled[90:170], shuffled[170:]):
-            commit_run(writer, [OffsetRange("grafana", 0, offset, offset + len(part))], facts(part))
-            offset += len(part)
-        yield url, reader
-    finally:
-        reader.dispose()
-        writer.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_store("postgresql", tmp_path_factory.mktemp("grafana")) as url:
+        writer = make_engine(url)
+        reader = make_engine(url, readonly=True)
+        try:
+            create_schema(writer)
+            with writer.begin() as conn:
+                store_policies(conn, POLICIES)
+            shuffled = EVENTS[:]
+            random.Random(5).shuffle(shuffled)  # runs in any order: the merges are order-free
+            offset = 0
+            for part in (shuffled[:90], shuffled[90:170], shuffled[170:]):
+                commit_run(writer, [OffsetRange("grafana", 0, offset, offset + len(part))], facts(part))
+                offset += len(part)
+            yield url, reader
+        finally:
+            reader.dispose()
+            writer.dispose()
 
 
 def run_sql(engine: Engine, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
