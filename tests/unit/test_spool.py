@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -556,34 +555,3 @@ def test_sigkill_loses_no_acknowledged_append(tmp_path: Path, mode: str, seed: i
         asyncio.run(check())
     if mode == "mid_write":
         assert "cut a torn tail" in caplog.text
-
-
-def test_throughput_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Not asserted: appends/s and MB/s for 10 KB entries on this machine's disk, printed."""
-    entry = os.urandom(10 * 1024)
-
-    async def measure(appenders: int, appends: int, per_append: int) -> tuple[float, float]:
-        spool = Spool.open(tmp_path / f"t{appenders}-{per_append}", max_bytes=1 << 32)
-        remaining = appends
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await spool.append([entry] * per_append)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(appenders)))
-        elapsed = time.perf_counter() - started
-        await spool.close()
-        return appends / elapsed, appends * per_append * len(entry) / elapsed / 1e6
-
-    results = {
-        "1 appender, 1 entry/append": asyncio.run(measure(1, 200, 1)),
-        "64 appenders, 1 entry/append": asyncio.run(measure(64, 4000, 1)),
-        "64 appenders, 10 entries/append": asyncio.run(measure(64, 800, 10)),
-    }
-    with capsys.disabled():
-        print()
-        for name, (rate, mbs) in results.items():
-            print(f"spool throughput, 10 KB entries, {name}: {rate:,.0f} appends/s, {mbs:,.1f} MB/s")
