@@ -15,7 +15,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from google.protobuf import descriptor_pb2
 
@@ -27,7 +26,6 @@ from schemas.mixer.template.metric import template_handler_service_pb2 as metric
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 ISTIO_DIR = ROOT / "deploy" / "istio"
-MAPPINGS_FILE = ROOT / "collector" / "mappings" / "default.yaml"
 # The pipeline's manifests have their own kustomization and tests (test_deploy_pipeline.py).
 PIPELINE_DIR = K8S_DIR / "pipeline"
 
@@ -36,11 +34,6 @@ MIXER_NAMESPACE = "istio-system"
 GRPC_PORT = 9091
 METRICS_PORT = 9102
 SPOOL_MOUNT = "/var/spool/apim-collector"
-
-# `spool_dir` was added to CollectorSettings while these manifests were
-# written. A tree where it is not a field yet may still carry it in the
-# ConfigMap; where it is a field (now), this exemption is a no-op.
-PENDING_SETTINGS = {"spool_dir"}
 
 # domain.md 1.4: the WSO2 adapter's wso2-metrics instance.
 WSO2_DIMENSIONS = {
@@ -207,10 +200,10 @@ def mixer_objects(kind: str) -> dict[str, Doc]:
 
 
 def recognised_short_names() -> set[str]:
-    """Instance kinds the collector maps: its mapping file if it has one, else the built-in WSO2 mapping."""
-    if MAPPINGS_FILE.exists():
-        return set(yaml.safe_load(MAPPINGS_FILE.read_text())["instances"])
-    return {mapping.WSO2_METRICS.short_name}
+    """Instance kinds the deployed collector maps: the ConfigMap names no mapping file, so the pods
+    load the shipped default (collector/mappings/default.yaml), through the collector's own loader."""
+    assert not collector_config().get("mapping"), "the ConfigMap names its own mapping file: check that one"
+    return set(mapping.load_mappings())
 
 
 # ---------------------------------------------------------------- every file
@@ -372,7 +365,7 @@ def test_pods_stay_out_of_the_mesh_and_run_locked_down() -> None:
 
 
 def test_configmap_keys_are_collector_settings() -> None:
-    known = {f.name for f in dataclasses.fields(CollectorSettings)} | PENDING_SETTINGS
+    known = {f.name for f in dataclasses.fields(CollectorSettings)}
     config = collector_config()
     assert set(config) <= known, f"unknown collector settings {sorted(set(config) - known)}"
 
@@ -390,9 +383,7 @@ def test_configmap_config_loads_as_the_collector_loads_it(tmp_path: Path) -> Non
 def spool_limit_mb(workload: Doc) -> float:
     """spool_max_mb as the pod sees it: its env var, else the ConfigMap, else the default."""
     env = {e["name"]: e.get("value") for e in container(workload).get("env", [])}
-    field = next((f for f in dataclasses.fields(CollectorSettings) if f.name == "spool_max_mb"), None)
-    if field is None:
-        pytest.skip("CollectorSettings has no spool_max_mb")
+    field = {f.name: f for f in dataclasses.fields(CollectorSettings)}["spool_max_mb"]
     if field.metadata["env"] in env:
         return float(env[field.metadata["env"]])
     return float(collector_config().get("spool_max_mb", field.default))
@@ -537,8 +528,6 @@ def test_instance_short_names_are_recognised_by_the_collector() -> None:
         assert mapping.short_name(wire_name) == instance.name
     recognised = recognised_short_names()
     assert "wso2-metrics" in recognised
-    if not MAPPINGS_FILE.exists():
-        pytest.skip("the collector's mapping file (Istio default instances) is not there yet")
     assert set(ISTIO_VALUES) <= recognised
 
 
