@@ -8,25 +8,26 @@
 --billable: comma-separated status classes (2xx, 3xx, 4xx, 5xx or all), plus 'throttled'
 to count throttled-out requests. Bad arguments exit 2 with one line; a publish run that
 cannot deliver a record exits 1 (the watermark stays before it; rerun to continue).
+export and reconcile only read: the store must exist and carry this version's schema.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 
-from apim_analytics.settings import SettingsError, utc_timestamp
+from apim_analytics.common import add_store_flags, store_url, write_output
+from core.settings import SettingsError, utc_timestamp
 
 
-def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``billing`` and its actions on the top-level subparsers."""
     p = sub.add_parser("billing", help="monetization: billable usage export, usage publishing, reconciliation")
     bsub = p.add_subparsers(dest="billing_command", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--store", default=os.environ.get("APIM_STORE_URL", "sqlite:///apim-analytics.db"),
-                       help="SQLAlchemy URL [env: APIM_STORE_URL; default: sqlite:///apim-analytics.db]")
+        add_store_flags(q)
         q.add_argument("--billable", default="2xx", metavar="CLASSES",
                        help="billable status classes: 2xx,3xx,4xx,5xx or all; add 'throttled' to count "
                             "throttled-out requests (default: 2xx)")
@@ -59,41 +60,31 @@ def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
     r.set_defaults(func=run_reconcile)
 
 
-def _rule(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from billing.export import BillableRule, BillingError
+def _rule(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # billing.export loads pandas: kept lazy
+    from billing.errors import BillingArgumentError
+    from billing.export import BillableRule
 
     try:
         return BillableRule.parse(args.billable)
-    except BillingError as exc:
+    except BillingArgumentError as exc:
         raise SettingsError(f"--billable: {exc}") from exc
 
 
-def _write(text: str, out: str | None) -> None:
-    if out:
-        with open(out, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-    else:
-        sys.stdout.write(text)
-
-
 def run_export(args: argparse.Namespace) -> int:
-    from billing.export import BillingError, billable_usage
+    from billing.export import billable_usage
 
     rule = _rule(args)
-    try:
-        df = billable_usage(args.store, args.period, rule)
-    except BillingError as exc:
-        raise SettingsError(str(exc)) from exc
+    df = billable_usage(store_url(args), args.period, rule)
     if args.format == "csv":
         text = df.to_csv(index=False)
     else:
         text = "".join(line + "\n" for line in df.to_json(orient="records", lines=True).splitlines() if line)
-    _write(text, args.out)
+    write_output(text, args.out)
     return 0
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from billing.publisher import FileSink, PublishError, WebhookSink, publish
+    from billing.publisher import FileSink, WebhookSink, publish
     from store.engine import create_schema, make_engine
 
     rule = _rule(args)
@@ -108,15 +99,12 @@ def run_publish(args: argparse.Namespace) -> int:
     if args.attempts < 1 or args.base_delay < 0 or args.settle_seconds < 0:
         raise SettingsError("--attempts must be >= 1, --base-delay and --settle-seconds >= 0")
     until = utc_timestamp(args.until, "--until")
-    engine = make_engine(args.store)
+    engine = make_engine(store_url(args))
     try:
         create_schema(engine)
         result = publish(engine, sink, sink_name=args.name, rule=rule, until=until,
                          settle=dt.timedelta(seconds=args.settle_seconds), attempts=args.attempts,
                          base_delay=args.base_delay)
-    except PublishError as exc:
-        print(f"apim-analytics: billing publish: {exc}", file=sys.stderr)
-        return 1
     finally:
         engine.dispose()
     until_text = f"{result.published_until:%Y-%m-%dT%H:%M}Z" if result.published_until else "(nothing to publish)"
@@ -126,14 +114,10 @@ def run_publish(args: argparse.Namespace) -> int:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from billing.export import BillingError
     from billing.reconcile import reconcile
 
     rule = _rule(args)
-    try:
-        df = reconcile(args.store, args.period, sink=args.sink, rule=rule)
-    except BillingError as exc:
-        raise SettingsError(str(exc)) from exc
+    df = reconcile(store_url(args), args.period, sink=args.sink, rule=rule)
     if len(df):
         sys.stdout.write(df.to_string(index=False) + "\n")
     differ = int((df["difference"] != 0).sum())

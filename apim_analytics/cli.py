@@ -10,28 +10,39 @@
     apim-analytics demo                 all of it, end to end, into SQLite
     apim-analytics config show          every setting with its flag, env var and default
 
-Bad arguments exit with status 2 and a message naming the problem.
+Errors are one line on stderr naming the problem and what to do: exit status 2
+for a usage error (a flag, a file, a URL), 1 for a runtime failure (a broker
+or database away, a delivery refused). ``--debug`` (or ``APIM_LOG_LEVEL=DEBUG``)
+adds the traceback.
+
+Building the parser imports only the settings dataclasses: each subcommand
+loads its heavy libraries (pandas, SQLAlchemy, Beam, gRPC) when it runs, so
+``--help`` and argument errors stay cheap.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
+import traceback
 
-from apim_analytics import logs
-from apim_analytics.settings import SettingsError, add_flags, describe, resolve
-
-
-def _add_config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML config file, one section per component [env: APIM_CONFIG]")
+from apim_analytics import billing_cli, dashboard_cli, demo_cli, store_cli, throttle_cli, usage_cli
+from apim_analytics.common import add_config_flag, add_store_flags, store_url
+from collector.settings import CollectorSettings
+from core import logs
+from core.errors import ApimError
+from core.settings import SettingsError, add_flags, describe, resolve
+from dashboards.settings import DashboardSettings
+from pipeline.settings import PipelineSettings
+from simulator.config import SimulationConfig
+from store.settings import RetentionSettings, StoreSettings
 
 
 def _collector_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from collector.server import serve
-    from collector.settings import CollectorSettings
 
     settings = resolve(CollectorSettings, args=args, section="collector")
     asyncio.run(serve(settings))
@@ -40,9 +51,6 @@ def _collector_serve(args: argparse.Namespace) -> int:
 
 def _pipeline_run(args: argparse.Namespace) -> int:
     from pipeline.job import run
-    from pipeline.settings import PipelineSettings
-
-    from store.retention import RetentionSettings
 
     overrides = {"follow": False} if args.once else {}
     settings = resolve(PipelineSettings, args=args, section="pipeline", overrides=overrides)
@@ -57,11 +65,11 @@ def _pipeline_run(args: argparse.Namespace) -> int:
 
 
 def _pipeline_purge(args: argparse.Namespace) -> int:
-    from store.engine import create_schema, make_engine
-    from store.retention import RetentionSettings, purge
-
     retention = resolve(RetentionSettings, args=args, section="retention")
-    engine = make_engine(args.store)
+    from store.engine import create_schema, make_engine
+    from store.retention import purge
+
+    engine = make_engine(store_url(args))
     try:
         create_schema(engine)
         deleted = purge(engine, retention)
@@ -73,106 +81,88 @@ def _pipeline_purge(args: argparse.Namespace) -> int:
 
 
 def _subscriptions_load(args: argparse.Namespace) -> int:
+    url = store_url(args)
     from collector.credentials import SubscriptionCatalog
     from store import subscriptions
     from store.engine import make_engine
 
     try:
         catalog = SubscriptionCatalog.load(args.file)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"subscription catalog {args.file} does not exist") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise SettingsError(f"subscription catalog {args.file}: {exc}") from exc
-    engine = make_engine(args.store)
-    written = subscriptions.save(engine, catalog.rows(), replace_all=args.replace)
-    engine.dispose()
+    engine = make_engine(url)
+    try:
+        written = subscriptions.save(engine, catalog.rows(), replace_all=args.replace)
+    finally:
+        engine.dispose()
     print(f"subscriptions: {len(catalog)} credentials, {written} subscriptions written to the store")
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from apim_analytics.demo import run_demo
-
-    return run_demo(args)
+SETTINGS_SECTIONS: tuple[tuple[type, str], ...] = (
+    (StoreSettings, "store"), (CollectorSettings, "collector"), (PipelineSettings, "pipeline"),
+    (RetentionSettings, "retention"), (SimulationConfig, "simulate"), (DashboardSettings, "dashboard"),
+    (demo_cli.DemoSettings, "demo"),
+)
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from collector.settings import CollectorSettings
-    from pipeline.settings import PipelineSettings
-    from simulator.config import SimulationConfig
-    from dashboards.settings import DashboardSettings
-
-    from store.retention import RetentionSettings
-
-    for cls, section in ((CollectorSettings, "collector"), (PipelineSettings, "pipeline"),
-                         (RetentionSettings, "retention"), (SimulationConfig, "simulate"),
-                         (DashboardSettings, "dashboard")):
+    shown: set[str] = set()
+    for cls, section in SETTINGS_SECTIONS:
         for row in describe(cls, section):
+            if row["key"] in shown:  # a shared key (store.url) is listed once
+                continue
+            shown.add(row["key"])
             print(f"{row['key']:<36} {row['flag']:<28} {row['env']:<38} {row['default']:<24} {row['help']}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from collector.settings import CollectorSettings
-    from pipeline.settings import PipelineSettings
-    from store.retention import RetentionSettings
-
-    parser = argparse.ArgumentParser(prog="apim-analytics", description=__doc__.splitlines()[0])
+    """The whole command line; cheap (no heavy imports), so ``--help`` is fast."""
+    parser = argparse.ArgumentParser(prog="apim-analytics", description="API usage analytics for an Istio mesh: "
+                                     "collector, pipeline, store, queries, billing and dashboards.")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error and log at DEBUG [env: APIM_LOG_LEVEL=DEBUG]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     collector = sub.add_parser("collector", help="the Mixer metric adapter").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     serve = collector.add_parser("serve", help="serve Mixer's HandleMetric calls and publish to Kafka")
-    _add_config_flag(serve)
+    add_config_flag(serve)
     add_flags(serve, CollectorSettings)
     serve.set_defaults(func=_collector_serve)
 
     pipeline = sub.add_parser("pipeline", help="the aggregation job").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     prun = pipeline.add_parser("run", help="aggregate the Kafka backlog into the store (any other flag is a Beam option)")
-    _add_config_flag(prun)
+    add_config_flag(prun)
     add_flags(prun, PipelineSettings)
     add_flags(prun, RetentionSettings)
     prun.add_argument("--once", action="store_true", help="work off the backlog and exit (the default)")
     prun.set_defaults(func=_pipeline_run)
     ppurge = pipeline.add_parser("purge", help="delete facts older than their granularity's retention")
-    _add_config_flag(ppurge)
-    ppurge.add_argument("--store", default=os.environ.get("APIM_STORE_URL", "sqlite:///apim-analytics.db"),
-                        help="SQLAlchemy URL [env: APIM_STORE_URL; default: sqlite:///apim-analytics.db]")
+    add_store_flags(ppurge)
     add_flags(ppurge, RetentionSettings)
     ppurge.set_defaults(func=_pipeline_purge)
 
-    try:
-        from simulator import cli as sim_cli
-    except ImportError:  # pragma: no cover - the simulator ships with the package
-        sim_cli = None
-    if sim_cli is not None:
-        sim = sub.add_parser("simulate", help="send simulated Mixer traffic to a collector")
-        sim_cli.add_arguments(sim)
-        sim.set_defaults(func=sim_cli.run)
+    from simulator import cli as sim_cli
+
+    sim = sub.add_parser("simulate", help="send simulated Mixer traffic to a collector")
+    sim_cli.add_arguments(sim)
+    sim.set_defaults(func=sim_cli.run)
 
     subs = sub.add_parser("subscriptions", help="the subscription catalog (opaque tokens, API keys)").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     load = subs.add_parser("load", help="load a catalog file (YAML, CSV or JSON lines) into the store")
     load.add_argument("file", help="catalog file; credentials appear only as SHA-256 hashes")
-    load.add_argument("--store", default=os.environ.get("APIM_STORE_URL", "sqlite:///apim-analytics.db"),
-                      help="SQLAlchemy URL [env: APIM_STORE_URL; default: sqlite:///apim-analytics.db]")
+    add_store_flags(load)
     load.add_argument("--replace", action="store_true", help="drop entries not in the file")
     load.set_defaults(func=_subscriptions_load)
 
-    from apim_analytics import store_cli
-    store_cli.add_parser(sub)
-    from apim_analytics import throttle_cli
-    throttle_cli.add_parser(sub)
-    from apim_analytics import usage_cli
-    usage_cli.add_parser(sub)
-    from apim_analytics import billing_cli
-    billing_cli.add_parser(sub)
-    from apim_analytics import dashboard_cli
-    dashboard_cli.add_parser(sub)
-    demo = sub.add_parser("demo", help="run everything end to end into SQLite and print a usage summary")
-    from apim_analytics.demo import add_arguments as demo_arguments
-
-    demo_arguments(demo)
-    demo.set_defaults(func=_demo)
+    for module in (store_cli, throttle_cli, usage_cli, billing_cli, dashboard_cli, demo_cli):
+        module.add_parser(sub)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True,
                                                                            metavar="ACTION")
@@ -181,29 +171,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debugging(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("APIM_LOG_LEVEL", "").upper() == "DEBUG"
+
+
 def main(argv: list[str] | None = None) -> int:
-    logs.configure()
+    """Run one command; every error becomes one line on stderr and an exit status (see the module docstring)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "func", None) is _pipeline_run:
+    if args.func is _pipeline_run:
         args.beam_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = _debugging(args)
+    logs.configure("DEBUG" if debug else None)
     try:
         return int(args.func(args) or 0)
-    except SettingsError as exc:
-        print(f"apim-analytics: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError) as exc:  # a StoreError or PolicyError carries a readable reason
-        from store.engine import StoreError
-        from store.throttle import PolicyError
-
-        if not isinstance(exc, StoreError | PolicyError):
-            raise
-        print(f"apim-analytics: {exc}", file=sys.stderr)
-        return 2
+    except ApimError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"apim-analytics: {exc.one_line()}", file=sys.stderr)
+        return 2 if exc.usage else 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a defect: one line, the traceback only when asked for
+        if debug:
+            traceback.print_exc()
+        reason = " ".join(str(exc).split())[:300]
+        print(f"apim-analytics: unexpected {type(exc).__name__}: {reason}; rerun with --debug for the traceback",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

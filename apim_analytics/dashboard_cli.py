@@ -5,7 +5,7 @@
 
 Settings (store, listen, granularity, ...) come from flags, ``APIM_DASHBOARD_*`` variables or the
 ``dashboard:`` section of the config file. Timestamps are ISO 8601, UTC when they carry no offset.
-Bad arguments exit 2 with one line naming the problem.
+Both only read: the store must exist and carry this version's schema.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import signal
 import threading
 from pathlib import Path
 
-from apim_analytics.settings import SettingsError, add_flags, resolve, utc_timestamp
+from apim_analytics.common import add_config_flag
+from core.settings import SettingsError, add_flags, resolve, utc_timestamp
+from dashboards.settings import DashboardSettings
 
 
-def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
-    from dashboards.settings import DashboardSettings
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``dashboard`` and its actions on the top-level subparsers."""
 
     dash = sub.add_parser("dashboard", help="the HTML dashboard: build a file or serve it").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -32,8 +34,7 @@ def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
     build.add_argument("--api", default=None, metavar="NAME", help="only this API (default: all)")
     serve = dash.add_parser("serve", help="serve the page, /data.json, /healthz and /metrics until stopped")
     for parser in (build, serve):
-        parser.add_argument("--config", default=None, metavar="FILE",
-                            help="YAML config file, one section per component [env: APIM_CONFIG]")
+        add_config_flag(parser)
         add_flags(parser, DashboardSettings)
     build.set_defaults(func=run_build)
     serve.set_defaults(func=run_serve)
@@ -41,23 +42,19 @@ def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
 
 def _dashboard(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dashboards.server import Dashboard
-    from dashboards.settings import DashboardSettings
-    from store.engine import make_engine
+    from store.engine import open_reader
 
     settings = resolve(DashboardSettings, args=args, section="dashboard")
-    return Dashboard(make_engine(settings.store, readonly=True), settings), settings
+    return Dashboard(open_reader(settings.store), settings), settings
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from query.usage import QueryError
     from dashboards.page import render_page
 
     start, end = utc_timestamp(args.start, "--from"), utc_timestamp(args.end, "--to")
     dashboard, _ = _dashboard(args)
     try:
         doc = dashboard.document(start=start, end=end, api=args.api)
-    except QueryError as exc:
-        raise SettingsError(str(exc)) from exc
     finally:
         dashboard.engine.dispose()
     out = Path(args.out)

@@ -12,7 +12,6 @@ Kafka must be running (``make services``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,21 +26,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import case, func, select
 
-from apim_analytics.verify import compare_all
+from apim_analytics.demo_cli import DemoSettings
+from simulator.check import compare_all
 from store.engine import make_engine
 from store.tables import usage_minute
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                        help="Kafka bootstrap servers [env: APIM_KAFKA_BOOTSTRAP; default: 127.0.0.1:9092]")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("APIM_DEMO_OUT", "demo-output")),
-                        help="folder for the SQLite store, ground truth and logs [env: APIM_DEMO_OUT; "
-                             "default: demo-output]")
-    parser.add_argument("--rate", type=float, default=200.0, help="simulated requests per second (default 200)")
-    parser.add_argument("--duration", type=float, default=600.0,
-                        help="simulated seconds of traffic, replayed as fast as possible (default 600)")
-    parser.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
 
 
 def _free_port() -> int:
@@ -115,7 +103,7 @@ def _print_table(rows: list[tuple]) -> None:
         print(line.format(*r))
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: DemoSettings) -> int:
     from pipeline.job import run as run_pipeline
     from pipeline.settings import PipelineSettings
     from simulator.cli import SimulationConfig, simulate

@@ -5,34 +5,28 @@
     apim-analytics throttle policies load FILE
     apim-analytics throttle policies list [--format table|json]
 
-Every command takes ``--store URL`` (env APIM_STORE_URL). Bad input exits
-with status 2 and one line naming the problem (main() turns SettingsError
-into that).
+Every command takes ``--store URL`` (env APIM_STORE_URL). status, throttled
+and policies list only read: the store must exist and carry this version's
+schema; policies load creates or upgrades it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from apim_analytics.common import add_store_flags, store_url
+from core.settings import SettingsError, utc_timestamp
 
-from apim_analytics.settings import SettingsError, utc_timestamp
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
-DEFAULT_STORE = "sqlite:///apim-analytics.db"
 FORMATS = ("table", "json")
-
-
-def _add_store(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=os.environ.get("APIM_STORE_URL", DEFAULT_STORE),
-                        help=f"SQLAlchemy URL [env: APIM_STORE_URL; default: {DEFAULT_STORE}]")
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
@@ -55,28 +49,27 @@ def _now(args: argparse.Namespace) -> datetime:
     return utc_timestamp(args.now, "--now") or datetime.now(UTC).replace(tzinfo=None)
 
 
-def _safe_url(url: str) -> str:
+@contextmanager
+def _reader(args: argparse.Namespace) -> Iterator[Engine]:
+    """A read-only engine on a store that exists and is migrated (nothing is created)."""
+    from store.engine import open_reader
+
+    engine = open_reader(store_url(args))
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @contextmanager
-def _store(url: str) -> Iterator[Engine]:
-    """An engine on a store whose tables exist; store problems become one-line SettingsErrors."""
-    from store.engine import StoreError, create_schema, make_engine
+def _writer(args: argparse.Namespace) -> Iterator[Engine]:
+    """An engine on a store brought to this version's schema first."""
+    from store.engine import create_schema, make_engine
 
-    try:
-        engine = make_engine(url)
-    except StoreError as exc:
-        raise SettingsError(f"--store: {exc}") from None
+    engine = make_engine(store_url(args))
     try:
         create_schema(engine)
         yield engine
-    except OperationalError as exc:
-        reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SettingsError(f"store {_safe_url(url)}: {reason}") from None
     finally:
         engine.dispose()
 
@@ -118,7 +111,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.level not in LEVELS:
         raise SettingsError(f"--level: expected subscription, application or api, got {args.level!r}")
     fmt, now = _format(args), _now(args)
-    with _store(args.store) as engine:
+    with _reader(args) as engine:
         status = throttle_status(engine, args.level, args.key, now)
     _print_statuses([status], fmt, single=True)
     return 0
@@ -128,7 +121,7 @@ def _throttled(args: argparse.Namespace) -> int:
     from store.throttle import throttled_keys
 
     fmt, now = _format(args), _now(args)
-    with _store(args.store) as engine:
+    with _reader(args) as engine:
         statuses = throttled_keys(engine, now)
     if fmt == "table" and not statuses:
         print(f"no throttled keys at {now.isoformat(sep=' ')} UTC")
@@ -138,17 +131,15 @@ def _throttled(args: argparse.Namespace) -> int:
 
 
 def _policies_load(args: argparse.Namespace) -> int:
-    from store.throttle import (PolicyError, ensure_default_policies, load_policies, load_policies_file,
-                                store_policies)
+    from store.throttle import ensure_default_policies, load_policies, load_policies_file, store_policies
 
-    with _store(args.store) as engine:
+    if not Path(args.file).is_file():  # before the store is opened: a typo must not create one
+        raise SettingsError(f"policies file {args.file} does not exist")
+    with _writer(args) as engine:
         ensure_default_policies(engine)
         with engine.connect() as conn:
             known = set(load_policies(conn))
-        try:
-            policies, assignments = load_policies_file(args.file, known_policies=known)
-        except PolicyError as exc:
-            raise SettingsError(str(exc)) from None
+        policies, assignments = load_policies_file(args.file, known_policies=known)
         with engine.begin() as conn:
             store_policies(conn, policies, assignments)
     print(f"throttle policies: {len(policies)} policies and {len(assignments)} assignments written to the store")
@@ -159,7 +150,7 @@ def _policies_list(args: argparse.Namespace) -> int:
     from store.throttle import effective_policies, load_assignments
 
     fmt = _format(args)
-    with _store(args.store) as engine, engine.connect() as conn:
+    with _reader(args) as engine, engine.connect() as conn:
         policies = sorted(effective_policies(conn).values(), key=lambda p: (p.level, p.name))
         assignments = sorted(load_assignments(conn).items())
     if fmt == "json":
@@ -177,7 +168,7 @@ def _policies_list(args: argparse.Namespace) -> int:
 
 
 def _command(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
-    _add_store(parser)
+    add_store_flags(parser)
     parser.set_defaults(func=func)
 
 

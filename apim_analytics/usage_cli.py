@@ -5,26 +5,25 @@
         [--top N] [--format table|csv|json|parquet] [--out FILE]
 
 Timestamps are ISO 8601 and UTC (a naive one is taken as UTC). Parquet needs --out.
-Bad arguments (unknown group-by name, inverted range, unknown API, ...) exit 2 with one line.
+Read-only: the store must exist and carry this version's schema.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from apim_analytics.settings import SettingsError, utc_timestamp
+from apim_analytics.common import add_store_flags, store_url, write_output
+from core.settings import SettingsError, utc_timestamp
+from query.names import GRANULARITIES, GROUP_BY
 
 FORMATS = ("table", "csv", "json", "parquet")
 
 
-def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
-    from query.usage import GRANULARITIES, GROUP_BY
-
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``usage`` on the top-level subparsers."""
     p = sub.add_parser("usage", help="usage grouped by API, version, application, tier, status class, time, ...")
-    p.add_argument("--store", default=os.environ.get("APIM_STORE_URL", "sqlite:///apim-analytics.db"),
-                   help="SQLAlchemy URL [env: APIM_STORE_URL; default: sqlite:///apim-analytics.db]")
+    add_store_flags(p)
     p.add_argument("--group-by", required=True, metavar="NAMES",
                    help=f"comma-separated, from: {', '.join(GROUP_BY)}")
     p.add_argument("--from", dest="start", default=None, metavar="T", help="start, ISO 8601, UTC (inclusive)")
@@ -41,19 +40,21 @@ def add_parser(sub) -> None:  # type: ignore[no-untyped-def]
 
 
 def run(args: argparse.Namespace) -> int:
-    from query.usage import QueryError, usage
-    from store.engine import StoreError
-
+    """Query and print; argument errors are raised before the store is opened."""
     if args.format == "parquet" and not args.out:
         raise SettingsError("--format parquet needs --out FILE")
     group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
-    try:
-        df = usage(args.store, group_by=group_by, start=utc_timestamp(args.start, "--from"), end=utc_timestamp(args.end, "--to"),
-                   granularity=args.granularity, apis=args.apis, applications=args.applications, top=args.top)
-    except (QueryError, StoreError) as exc:
-        raise SettingsError(str(exc)) from exc
+    start, end = utc_timestamp(args.start, "--from"), utc_timestamp(args.end, "--to")
+    url = store_url(args)
+    from query.usage import usage
+
+    df = usage(url, group_by=group_by, start=start, end=end, granularity=args.granularity, apis=args.apis,
+               applications=args.applications, top=args.top)
     if args.format == "parquet":
-        df.to_parquet(args.out, index=False)
+        try:
+            df.to_parquet(args.out, index=False)
+        except OSError as exc:
+            raise SettingsError(f"--out {args.out}: {exc.strerror or exc}") from exc
         return 0
     if args.format == "csv":
         text = df.to_csv(index=False)
@@ -61,9 +62,6 @@ def run(args: argparse.Namespace) -> int:
         text = df.to_json(orient="records", date_format="iso", indent=None) + "\n"
     else:
         text = (df.to_string(index=False) if len(df) else "(no usage in the range)") + "\n"
-    if args.out:
-        with open(args.out, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-    else:
-        sys.stdout.write(text)
+    write_output(text, args.out)
+    sys.stdout.flush()
     return 0

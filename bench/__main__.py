@@ -11,7 +11,7 @@ bench/results/. About an hour on 2 cores.
 
 import sys
 
-from apim_analytics import logs
+from core import logs
 from bench import (collector_ceiling, faults, freshness, kafka_records, memory, pipeline, query_latency, report,
                    spine, spool)
 

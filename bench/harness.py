@@ -31,7 +31,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from apim_analytics.demo import _free_port, start_collector, stop_collector
-from apim_analytics.verify import stored_cells, truth_cells
+from simulator.check import stored_cells, truth_cells
 from simulator.catalog import build_catalog
 from simulator.cli import SimulationConfig, simulate
 from simulator.ground_truth import GroundTruth

@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.cpu import own_cpu_s
 from collector.columns import partitioned_records
 from collector.mapping import event_to_proto
-from collector.topics import ensure_topic
+from core.topics import ensure_topic
 
 PARTITIONS = 6
 

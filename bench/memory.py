@@ -244,7 +244,7 @@ def bench_collector(kafka: str, duration_s: float, work: Path, *, pool: list, ka
     """Run a collector process under sustained load and sample its memory (and its spool folder on disk)."""
     from apim_analytics.demo import _free_port, start_collector, stop_collector
     from bench.collector_ceiling import CONCURRENCY
-    from collector.topics import ensure_topic
+    from core.topics import ensure_topic
     from simulator.catalog import build_catalog
     from simulator.sender import SendSettings, send
     from simulator.tokens import subscription_catalog_rows
@@ -409,7 +409,7 @@ def bench_pipeline(kafka: str, events: int, store_kind: str, work: Path, *, part
                    target_mb: float = PIPELINE_TARGET_MB, keep_topic: bool = False) -> dict[str, Any]:
     """Produce ``events`` into a fresh topic, then work the backlog off with a pipeline process into a fresh store."""
     from bench.pipeline import fresh_store, produce
-    from collector.topics import ensure_topic
+    from core.topics import ensure_topic
 
     topic = f"bench.memory.{uuid.uuid4().hex[:8]}"
     ensure_topic(kafka, topic, partitions)

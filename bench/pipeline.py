@@ -36,13 +36,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.cpu import own_cpu_s
 from collector.columns import BatchRecord, partitioned_records
-from collector.topics import ensure_topic
+from core.topics import ensure_topic
 from pipeline.aggregate import aggregate_chunk, finish, merge
 from pipeline.decode import new_builder
 from pipeline.job import run
 from pipeline.settings import PipelineSettings
 from schemas.apim.usage.v1.usage_event_columns_pb2 import UsageEventColumns
-from schemas.record_format import USAGE_RECORD_SCHEMA
+from core.record_format import USAGE_RECORD_SCHEMA
 from simulator.feed import simulated_events
 from store.tables import USAGE_DIMENSIONS
 

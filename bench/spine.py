@@ -29,7 +29,7 @@ from pathlib import Path
 
 from apim_analytics.demo import _free_port, start_collector, stop_collector
 from bench.cpu import own_cpu_s, process_cpu_s
-from collector.topics import ensure_topic
+from core.topics import ensure_topic
 from pipeline.job import prepare_store, run_once
 from pipeline.settings import PipelineSettings
 from simulator.catalog import build_catalog

@@ -13,7 +13,7 @@ only when 4xx or ``all`` is counted, clamped at zero.
 
 Unauthenticated traffic (application_id 'anonymous') has no subscription and is
 never billable. Subscriptions whose billable count is 0 are left out.
-Bad arguments raise ``BillingError`` (a ValueError).
+Bad arguments raise ``BillingArgumentError``.
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ from collections.abc import Iterable
 import pandas as pd
 from sqlalchemy import Engine, and_, func, select
 
+from billing.errors import BillingArgumentError
 from store import tables as t
 
 SUBSCRIPTION: tuple[str, ...] = ("application_id", "api_name", "api_version", "tier")
 CLASSES: tuple[str, ...] = ("2xx", "3xx", "4xx", "5xx", "all")
 ANONYMOUS = "anonymous"
-
-
-class BillingError(ValueError):
-    """Invalid billing arguments; the message says which and why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +43,10 @@ class BillableRule:
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str) or not self.classes:
-            raise BillingError("a billable rule needs at least one status class")
+            raise BillingArgumentError("a billable rule needs at least one status class")
         unknown = [c for c in self.classes if c not in CLASSES]
         if unknown:
-            raise BillingError(f"unknown billable class {unknown[0]!r}; choose from {', '.join(CLASSES)}")
+            raise BillingArgumentError(f"unknown billable class {unknown[0]!r}; choose from {', '.join(CLASSES)}")
 
     @classmethod
     def parse(cls, text: str) -> BillableRule:
@@ -81,7 +78,7 @@ def parse_period(period: str) -> tuple[dt.datetime, dt.datetime]:
     """'YYYY-MM' -> (first instant of the month, first instant of the next), naive UTC."""
     m = re.fullmatch(r"(\d{4})-(\d{2})", period.strip()) if isinstance(period, str) else None
     if not m or not 1 <= int(m.group(2)) <= 12:
-        raise BillingError(f"period {period!r} is not a calendar month YYYY-MM")
+        raise BillingArgumentError(f"period {period!r} is not a calendar month YYYY-MM")
     year, month = int(m.group(1)), int(m.group(2))
     start = dt.datetime(year, month, 1)
     end = dt.datetime(year + (month == 12), month % 12 + 1, 1)
@@ -92,9 +89,9 @@ def open_store(store: str | Engine, *, readonly: bool = True) -> tuple[Engine, b
     """(engine, owned): an Engine is used as is, a URL opened (and to be disposed by the caller)."""
     if isinstance(store, Engine):
         return store, False
-    from store.engine import make_engine
+    from store.engine import make_engine, open_reader
 
-    return make_engine(store, readonly=readonly), True
+    return (open_reader(store) if readonly else make_engine(store)), True
 
 
 def billable_by_subscription(engine: Engine, table, start: dt.datetime, end: dt.datetime,  # type: ignore[no-untyped-def]

@@ -42,26 +42,17 @@ from pathlib import Path
 
 from sqlalchemy import Engine, and_, insert, select, update
 
+from billing.errors import DeliveryError, DeliveryRetriable, PublishError
 from billing.export import BillableRule, billable_by_subscription, open_store
 from store import tables as t
+
+__all__ = ["DeliveryError", "DeliveryRetriable", "FileSink", "PublishError", "WebhookSink", "publish"]
 
 log = logging.getLogger(__name__)
 
 HOUR = dt.timedelta(hours=1)
 DEFAULT_SETTLE = dt.timedelta(minutes=2)
 PENDING, DELIVERED = "pending", "delivered"
-
-
-class DeliveryError(RuntimeError):
-    """A delivery failed; ``retryable`` says whether trying again may help."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class PublishError(RuntimeError):
-    """A run stopped before publishing everything; the message says which record and why."""
 
 
 def idempotency_key(sink: str, application_id: str, api_name: str, api_version: str, tier: str,
@@ -101,10 +92,10 @@ class WebhookSink:
         except urllib.error.HTTPError as exc:
             if exc.code == 409:
                 return
-            raise DeliveryError(f"{self.url} answered HTTP {exc.code}",
-                                retryable=exc.code == 429 or exc.code >= 500) from exc
+            failure = DeliveryRetriable if exc.code == 429 or exc.code >= 500 else DeliveryError
+            raise failure(f"{self.url} answered HTTP {exc.code}") from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise DeliveryError(f"{self.url}: {getattr(exc, 'reason', exc)}", retryable=True) from exc
+            raise DeliveryRetriable(f"{self.url}: {getattr(exc, 'reason', exc)}") from exc
 
 
 class FileSink:
@@ -138,7 +129,7 @@ class FileSink:
                 fh.write(json.dumps(record, sort_keys=True) + "\n")
                 fh.flush()
         except OSError as exc:
-            raise DeliveryError(f"{self.path}: {exc}", retryable=True) from exc
+            raise DeliveryRetriable(f"{self.path}: {exc}") from exc
         known.add(record["idempotency_key"])
 
 
@@ -218,8 +209,8 @@ def _deliver(engine: Engine, sink, row, attempts: int, base_delay: float,  # typ
             with engine.begin() as conn:
                 conn.execute(update(p).where(p.c.idempotency_key == row.idempotency_key)
                              .values(attempts=p.c.attempts + 1, last_error=str(exc)[:1000]))
-            if not exc.retryable or attempt == attempts:
-                kind = "permanent" if not exc.retryable else f"after {attempt} attempts"
+            if not exc.retriable or attempt == attempts:
+                kind = "permanent" if not exc.retriable else f"after {attempt} attempts"
                 raise PublishError(f"record {row.idempotency_key[:12]} ({row.application_id} {row.api_name} "
                                    f"{row.api_version} {row.tier} {row.window_start:%Y-%m-%dT%H:%M}Z) not "
                                    f"delivered ({kind}): {exc}") from exc

@@ -16,10 +16,10 @@ from __future__ import annotations
 import pandas as pd
 from sqlalchemy import Engine, and_, func, select
 
+from billing.errors import BillingArgumentError
 from billing.export import (
     SUBSCRIPTION,
     BillableRule,
-    BillingError,
     billable_usage,
     open_store,
     parse_period,
@@ -41,7 +41,7 @@ def reconcile(store: str | Engine, period: str, *, sink: str | None = None,
             if sink is None:
                 sinks = list(conn.execute(select(p.c.sink).distinct().order_by(p.c.sink)).scalars())
                 if len(sinks) > 1:
-                    raise BillingError(f"the ledger has several sinks ({', '.join(sinks)}); name one with --sink")
+                    raise BillingArgumentError(f"the ledger has several sinks ({', '.join(sinks)}); name one with --sink")
                 sink = sinks[0] if sinks else ""
             groups = [p.c[n] for n in SUBSCRIPTION]
             billed = conn.execute(select(*groups, func.sum(p.c.quantity)).where(and_(

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from google.protobuf.descriptor import FieldDescriptor
 
-from apim_analytics.settings import SettingsError
+from core.settings import SettingsError
 from collector.credentials import Caller, CredentialResolver, credential_hash
 from collector.decode import Decoded, Instance
 from collector.values import ValueKindError, as_bool, as_duration_ms, as_int, as_text, as_timestamp_ms

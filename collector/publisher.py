@@ -20,13 +20,11 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
-from schemas.record_format import USAGE_RECORD_SCHEMA
+from core.record_format import DEAD_LETTER_SCHEMA, USAGE_RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
 USAGE_SCHEMA = USAGE_RECORD_SCHEMA
-DEAD_LETTER_SCHEMA = DeadLetter.DESCRIPTOR.full_name.encode()
 
 
 @dataclass(frozen=True)

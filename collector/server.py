@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from apim_analytics.settings import parse_host_port
+from core.settings import parse_host_port
 from collector import adapter_config
 from collector.columns import partitioned_records
 from collector.credentials import CredentialResolver, SubscriptionCatalog
@@ -47,10 +47,11 @@ from collector.decode import MalformedCall, decode_call, instance_message
 from collector.dedup import RecentCalls
 from collector.delivery import SafeDelivery
 from collector.mapping import InstanceMapper, Limits, MappedCall, Privacy, load_mappings, redact_instance
-from collector.publisher import DEAD_LETTER_SCHEMA, KafkaPublisher, ProducerSettings, Record, make_publisher
+from collector.publisher import KafkaPublisher, ProducerSettings, Record, make_publisher
 from collector.settings import CollectorSettings
 from collector.spool import Spool, SpoolFull
-from collector.topics import ensure_topic
+from core.record_format import DEAD_LETTER_SCHEMA
+from core.topics import ensure_topic
 from schemas.apim.usage.v1 import dead_letter_pb2
 from schemas.mixer.adapter.model.v1beta1 import (
     infrastructure_backend_pb2 as ib_pb2,

@@ -1,12 +1,12 @@
 """The collector's configuration: flags, ``APIM_*`` variables, or the
-``collector:`` section of the config file (see apim_analytics.settings).
+``collector:`` section of the config file (see core.settings).
 ``apim-analytics config show`` prints every setting with its default."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apim_analytics.settings import SettingsError, parse_host_port, setting
+from core.settings import SettingsError, parse_host_port, setting
 
 
 @dataclass(frozen=True)

@@ -22,20 +22,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
 
-from apim_analytics.settings import SettingsError, parse_host_port, utc_timestamp
+from core.settings import SettingsError, parse_host_port, utc_timestamp
 from dashboards.data import dashboard_data
+from dashboards.errors import BadRequest
 from dashboards.page import embedded_json, render_page
 from dashboards.settings import DashboardSettings
-from query.usage import QueryError
+from query.errors import QueryArgumentError
+from store.errors import StoreError
 
 log = logging.getLogger(__name__)
 _PARAMS = ("from", "to", "api", "granularity")
-
-
-class BadRequest(ValueError):
-    """A request parameter is invalid; the message says which."""
 
 
 class DashboardMetrics:
@@ -90,7 +87,7 @@ class Dashboard:
         started = time.perf_counter()
         try:
             doc = dashboard_data(self.engine, **merged)
-        except SQLAlchemyError:
+        except StoreError:
             self.metrics.store_up.set(0)
             raise
         self.metrics.store_up.set(1)
@@ -103,7 +100,7 @@ class Dashboard:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
+        except StoreError as exc:
             self.metrics.store_up.set(0)
             return False, f"store unreachable: {type(exc).__name__}\n"
         self.metrics.store_up.set(1)
@@ -120,9 +117,9 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
                         "/metrics": "metrics"}.get(url.path, "other")
             try:
                 code, ctype, body = self._answer(endpoint, url.query)
-            except (BadRequest, QueryError) as exc:
+            except (BadRequest, QueryArgumentError) as exc:
                 code, ctype, body = 400, "text/plain; charset=utf-8", f"bad request: {exc}\n".encode()
-            except SQLAlchemyError as exc:
+            except StoreError as exc:
                 log.warning("store query failed", extra={"error": type(exc).__name__, "path": url.path})
                 code, ctype, body = 503, "text/plain; charset=utf-8", b"the store did not answer; try again\n"
             except Exception:  # noqa: BLE001 - a request must never take the server down

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apim_analytics.settings import SettingsError, parse_host_port, setting
-from store.engine import DEFAULT_STORE_URL
+from core.settings import SettingsError, parse_host_port, setting
+from store.settings import DEFAULT_STORE_URL, STORE_URL_ENV, STORE_URL_KEY
 
 GRANULARITY_CHOICES = ("auto", "minute", "hour", "day", "month")
 
 
 @dataclass(frozen=True)
 class DashboardSettings:
-    store: str = setting(DEFAULT_STORE_URL, env="APIM_STORE_URL", secret=True,
+    store: str = setting(DEFAULT_STORE_URL, env=STORE_URL_ENV, secret=True, key=STORE_URL_KEY,
                          help="SQLAlchemy URL of the analytics store (opened read-only)")
     listen: str = setting("127.0.0.1:9104", env="APIM_DASHBOARD_LISTEN",
                           help="serve: HOST:PORT of the page, /data.json, /healthz and /metrics")

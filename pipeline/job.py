@@ -106,13 +106,13 @@ class DeadLetters:
     def publish(self, dead: Sequence[DeadRecord]) -> None:
         if not dead or not self.topic:
             return
-        from collector.publisher import DEAD_LETTER_SCHEMA
+        from core.record_format import DEAD_LETTER_SCHEMA
         from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
 
         if self._producer is None:  # most runs have no dead records and need no producer
             from kafka import KafkaProducer
 
-            from collector.topics import ensure_topic
+            from core.topics import ensure_topic
 
             ensure_topic(self.bootstrap, self.topic, partitions=1)
             self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",

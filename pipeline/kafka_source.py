@@ -25,7 +25,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.aggregate import Partial, aggregate_chunk
 from pipeline.decode import Chunk, PoisonRecord, new_builder
-from schemas.record_format import USAGE_RECORD_SCHEMA
+from core.record_format import USAGE_RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 

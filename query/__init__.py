@@ -1,12 +1,5 @@
-"""Python query API over the analytics store, returning pandas DataFrames (see query/usage.py)."""
+"""Python query API over the analytics store, returning pandas DataFrames (see query/usage.py).
 
-from query.usage import (
-    GRANULARITIES,
-    GROUP_BY,
-    MEASURES,
-    QueryError,
-    choose_table,
-    usage,
-)
-
-__all__ = ["GRANULARITIES", "GROUP_BY", "MEASURES", "QueryError", "choose_table", "usage"]
+Kept free of imports so that a command which only needs ``query.names``
+(the CLI's help) does not load pandas.
+"""

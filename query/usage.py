@@ -50,27 +50,15 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import BigInteger, Engine, Table, cast, func, select
 
+from query.errors import QueryArgumentError as QueryError
+from query.names import GRANULARITIES, GROUP_BY, MEASURES, STATUS_CLASSES
 from store import tables as t
+from store.engine import open_reader
 from store.latency import BUCKET_COUNT, histogram_column, percentiles
 
 
-class QueryError(ValueError):
-    """The query's arguments are invalid; the message says which and why."""
-
-
-GRANULARITIES: tuple[str, ...] = ("minute", "hour", "day", "month")
+__all__ = ["GRANULARITIES", "GROUP_BY", "MEASURES", "STATUS_CLASSES", "QueryError", "choose_table", "usage"]
 _RANK = {g: i for i, g in enumerate(GRANULARITIES)}
-
-GROUP_BY: dict[str, str] = {
-    "api": "api_name", "version": "api_version", "application": "application_id", "tier": "tier",
-    "resource": "resource_template", "method": "method", "context": "api_context", "key_type": "key_type",
-    "status_class": "status_class", "bucket": "bucket_start", "user": "user_name", "destination": "destination",
-}
-MEASURES: tuple[str, ...] = (
-    "requests", "errors_4xx", "errors_5xx", "throttled_out", "request_bytes", "response_bytes",
-    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms", "latency_max_ms", "faults",
-)
-STATUS_CLASSES: tuple[str, ...] = ("2xx", "3xx", "4xx", "5xx")
 _HIST = tuple(histogram_column(i) for i in range(BUCKET_COUNT))
 
 
@@ -321,9 +309,7 @@ def _sources(family: _Family, measures: Sequence[str] | None, by_status: bool) -
 
 
 def _open(url: str) -> Engine:
-    from store.engine import make_engine
-
-    return make_engine(url, readonly=True)
+    return open_reader(url)
 
 
 def _measures(raw: pd.DataFrame, family: _Family) -> pd.DataFrame:

@@ -90,7 +90,7 @@ def columns_proto_text() -> str:
         "// means the field has its default value in every event of the batch. Columns let",
         "// producers and consumers move whole batches through C-level repeated fields",
         "// instead of one Python object per event and field. Records carry the header",
-        "// schema=\"apim.usage.v1.UsageEventColumns;format=2\" (schemas/record_format.py).",
+        "// schema=\"apim.usage.v1.UsageEventColumns;format=2\" (core/record_format.py).",
         "message UsageEventColumns {",
         "  // Number of events in the batch.",
         "  int32 count = 1000;",

@@ -7,7 +7,7 @@ file, default), because the flags are derived from
 :class:`~simulator.config.SimulationConfig` by the project's settings helper.
 
 Exit status: 0 when every call was delivered, 1 when some failed; bad
-settings raise :class:`~apim_analytics.settings.SettingsError` (the main CLI
+settings raise :class:`~core.settings.SettingsError` (the main CLI
 turns that into status 2).
 """
 
@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from apim_analytics.settings import add_flags, resolve
+from core.settings import add_flags, resolve
 from simulator.config import SimulationConfig
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from apim_analytics.settings import SettingsError, setting
+from core.settings import SettingsError, setting
 
 Weighted = tuple[tuple[str, float], ...]
 WeightedCodes = tuple[tuple[int, float], ...]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from apim_analytics.settings import SettingsError
+from core.settings import SettingsError
 from simulator.catalog import Catalog, build_catalog
 from simulator.config import SimulationConfig
 from simulator.ground_truth import GroundTruth

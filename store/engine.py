@@ -7,16 +7,18 @@ SQLite gets WAL and a busy timeout so the pipeline's writer and readers
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError
 
-DEFAULT_STORE_URL = "sqlite:///apim-analytics.db"
+from store import migrate
+from store.errors import StoreError, StoreNotFound, StoreUrlError, translate
+from store.settings import DEFAULT_STORE_URL
 
-
-class StoreError(RuntimeError):
-    """The store cannot be used; the message says why."""
+__all__ = ["DEFAULT_STORE_URL", "StoreError", "create_schema", "describe_url", "make_engine", "open_reader"]
 
 
 def _redacted(url: str) -> str:
@@ -32,21 +34,33 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     a ``readonly`` engine (analysts, dashboards, checks) begins deferred and
     refuses writes, so readers never wait for the pipeline's commit (WAL).
 
+    Driver errors raised through the engine arrive as :mod:`store.errors`
+    types (the engine's ``handle_error`` hook), so no caller sees SQLAlchemy's.
+
     Raises:
-        StoreError: the URL is malformed or names an unsupported database.
+        StoreUrlError: the URL is malformed or names an unsupported database.
+        StoreNotFound: a ``readonly`` engine for a SQLite file that does not exist
+            (a reader never creates one).
     """
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise StoreError(f"store URL {_redacted(url)!r} is not a SQLAlchemy URL") from exc
+        raise StoreUrlError(f"store URL {_redacted(url)!r} is not a SQLAlchemy URL",
+                            hint="expected sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+                            ) from exc
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
+    shown = parsed.render_as_string(hide_password=True)
     if backend not in ("sqlite", "postgresql"):
-        raise StoreError(f"store URL {parsed.render_as_string(hide_password=True)!r}: only sqlite and postgresql "
-                         f"are supported, not {backend}")
+        raise StoreUrlError(f"store URL {shown!r}: only sqlite and postgresql are supported, not {backend}")
     if backend == "sqlite":
+        database = parsed.database or ""
+        if readonly and (database in ("", ":memory:") or not Path(database).is_file()):
+            raise StoreNotFound(f"store {shown!r} does not exist",
+                                hint="check --store / APIM_STORE_URL, or fill it with 'apim-analytics pipeline run'")
         engine = create_engine(parsed, connect_args={"timeout": 30})
+        _translate_errors(engine, shown)
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; issue it ourselves so
         # a write transaction takes SQLite's write lock at its start (BEGIN IMMEDIATE).
@@ -56,8 +70,49 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
             event.listen(engine, "connect", lambda dbapi_conn, _r: dbapi_conn.execute("PRAGMA query_only=ON"))
         return engine
     if readonly:
-        return create_engine(parsed, pool_pre_ping=True, execution_options={"postgresql_readonly": True})
-    return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True, execution_options={"postgresql_readonly": True})
+    else:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    _translate_errors(engine, shown)
+    return engine
+
+
+def open_reader(url: str) -> Engine:
+    """A read-only engine on a store that exists and has this version's schema.
+
+    Analysts' and billing's commands use this: they never create a file or a
+    table, and a store that is missing or unmigrated is named in one line.
+
+    Raises:
+        StoreError: see :func:`make_engine` and :func:`store.migrate.require_current`.
+    """
+    engine = make_engine(url, readonly=True)
+    try:
+        migrate.require_current(engine, f"store {describe_url(url)!r}")
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def describe_url(url: str) -> str:
+    """The URL as it may be shown: password hidden, even when it does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _redacted(url)
+
+
+def _translate_errors(engine: Engine, shown: str) -> None:
+    """Raise :mod:`store.errors` types instead of SQLAlchemy's for every error this engine meets."""
+
+    def handle(context: ExceptionContext) -> Any:
+        if context.is_pre_ping:  # SQLAlchemy recycles the connection itself
+            return None
+        return translate(context.original_exception, where=f"store {shown!r}",
+                         connecting=context.connection is None)
+
+    event.listen(engine, "handle_error", handle)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -79,6 +134,4 @@ def create_schema(engine: Engine) -> None:
     Raises:
         StoreError: the store was created before migrations existed and must be recreated.
     """
-    from store import migrate  # store.migrate imports this module (StoreError)
-
     migrate.upgrade(engine)

@@ -52,7 +52,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 
-from store.engine import StoreError
+from store.errors import StoreError, StoreNotMigrated
 from store.tables import metadata
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -110,6 +110,29 @@ def current_revision(engine: Engine) -> str | None:
     """The store's revision; None for an empty store (or one from before migrations)."""
     with engine.connect() as conn:
         return _current(conn)
+
+
+def require_current(engine: Engine, where: str) -> None:
+    """Refuse to read a store whose schema is not the one this code reads.
+
+    Readers never migrate (they may hold read-only credentials, and reading must
+    not change anything), so they say what to run instead.
+
+    Raises:
+        StoreNotMigrated: the store has no schema, or another revision than head.
+    """
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise StoreNotMigrated(f"{where} has no analytics tables",
+                               hint="create them with 'apim-analytics store migrate --store URL'")
+    if _script().get_revision(current) is None:
+        raise StoreNotMigrated(f"{where} is at schema revision {current!r}, newer than this version's {head!r}",
+                               hint="upgrade istio-apim-analytics to read it")
+    raise StoreNotMigrated(f"{where} is at schema revision {current!r}; this version reads {head!r}",
+                           hint="upgrade it with 'apim-analytics store migrate --store URL'")
 
 
 def _lock(conn: Connection) -> None:

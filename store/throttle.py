@@ -29,6 +29,8 @@ import yaml
 from sqlalchemy import Connection, Engine, and_, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core.errors import InputError
+from store.errors import StoreError
 from store.tables import NAME, SHORT, throttle_assignments, throttle_counters, throttle_decisions, throttle_policies
 from store.upsert import additive_upsert, replace_upsert
 
@@ -44,7 +46,7 @@ _EPOCH = datetime(1970, 1, 1)
 _CHUNK = 500  # (level, key, unit) tuples per IN list: 1500 bound parameters, far below both stores' limits
 
 
-class PolicyError(ValueError):
+class PolicyError(StoreError, InputError, ValueError):
     """A policies file (or policy) cannot be used; the message names the file, the entry and the problem."""
 
 

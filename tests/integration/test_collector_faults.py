@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from apim_analytics.demo import _free_port, start_collector, stop_collector
-from apim_analytics.verify import compare
+from simulator.check import compare
 from pipeline.job import run as run_pipeline
 from pipeline.settings import PipelineSettings
 from schemas.mixer.template.metric import template_handler_service_pb2_grpc as metric_grpc

@@ -43,7 +43,7 @@ from collector.adapter_config import PARAMS_TYPE_URL
 from collector.columns import rows
 from collector.credentials import credential_hash
 from collector.mapping import short_name
-from collector.publisher import DEAD_LETTER_SCHEMA, USAGE_SCHEMA
+from core.record_format import DEAD_LETTER_SCHEMA, USAGE_RECORD_SCHEMA as USAGE_SCHEMA
 from collector.settings import CollectorSettings
 from schemas.apim.collector.v1 import adapter_config_pb2
 from schemas.apim.usage.v1 import dead_letter_pb2, usage_event_columns_pb2 as cols_pb

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from apim_analytics.settings import SettingsError
+from core.settings import SettingsError
 from collector.settings import CollectorSettings
 from schemas.mixer.template.metric import template_handler_service_pb2 as m
 from tests.integration.test_collector_grpc import TIMEOUT, good_wso2, running_collector, send

@@ -22,13 +22,13 @@ from sqlalchemy import func, select, text
 
 import pipeline.job as job
 import pipeline.kafka_source as source
-from apim_analytics.verify import compare_all
+from simulator.check import compare_all
 from collector.columns import build_columns
 from pipeline.commit import stored_offsets
 from pipeline.job import run, run_once
 from pipeline.settings import PipelineSettings
 from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
-from schemas.record_format import USAGE_RECORD_SCHEMA
+from core.record_format import USAGE_RECORD_SCHEMA
 from simulator.feed import Feed, simulated_calls
 from simulator.ground_truth import GroundTruth
 from store import tables as t

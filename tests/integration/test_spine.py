@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
-from apim_analytics.verify import compare, stored_cells, truth_cells
+from simulator.check import compare, stored_cells, truth_cells
 from collector.server import Collector
 from collector.settings import CollectorSettings
 from pipeline.job import run as run_pipeline

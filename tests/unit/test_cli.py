@@ -33,7 +33,7 @@ def test_missing_config_file_is_named(tmp_path, capsys: pytest.CaptureFixture[st
 def test_config_show_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "show"]) == 0
     out = capsys.readouterr().out
-    for needle in ("collector.listen", "APIM_COLLECTOR_LISTEN", "pipeline.store", "APIM_STORE_URL",
+    for needle in ("collector.listen", "APIM_COLLECTOR_LISTEN", "store.url", "APIM_STORE_URL",
                    "pipeline.max_records_per_run"):
         assert needle in out
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from google.protobuf import descriptor_pb2
 
-from apim_analytics.settings import resolve
+from core.settings import resolve
 from collector import mapping
 from collector.settings import CollectorSettings
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2

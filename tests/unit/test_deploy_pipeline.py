@@ -19,7 +19,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from apim_analytics.cli import build_parser
-from apim_analytics.settings import resolve
+from core.settings import resolve
 from pipeline.settings import PipelineSettings
 from store.retention import RetentionSettings
 

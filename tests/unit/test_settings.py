@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apim_analytics.settings import SettingsError, add_flags, resolve
+from core.settings import SettingsError, add_flags, resolve
 from collector.settings import CollectorSettings
 
 

@@ -1,4 +1,4 @@
-"""Comparing the analytics store with the simulator's ground truth, key by key.
+"""Comparing the analytics store with the simulator's ground truth, key by key (read-only).
 
 Used by the demo, the integration tests and the fault harness: "exact" means
 every (bucket, API, version, application, tier) cell has the same requests per

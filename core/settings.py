@@ -24,16 +24,19 @@ from typing import Any, TypeVar
 
 import yaml
 
+from core.errors import InputError
+
 T = TypeVar("T")
 
 CONFIG_ENV = "APIM_CONFIG"
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError, ValueError):
     """A setting has a value that cannot be used; the message names it."""
 
 
-def setting(default: Any, *, env: str, help: str, flag: str | None = None, secret: bool = False) -> Any:
+def setting(default: Any, *, env: str, help: str, flag: str | None = None, secret: bool = False,
+            key: str | None = None) -> Any:
     """Declare one setting of a settings dataclass.
 
     Args:
@@ -42,12 +45,24 @@ def setting(default: Any, *, env: str, help: str, flag: str | None = None, secre
         help: one line for ``--help`` and the docs.
         flag: the long flag (default: the field name with dashes).
         secret: keep the value out of ``repr`` and logs.
+        key: the config-file key as ``SECTION.NAME`` when several components share
+            one setting (the store URL is ``store.url`` for every command), so the
+            file holds it once; default: the component's section and the field name.
     """
     return dataclasses.field(
         default=default,
         repr=not secret,
-        metadata={"env": env, "help": help, "flag": flag, "secret": secret},
+        metadata={"env": env, "help": help, "flag": flag, "secret": secret, "key": key},
     )
+
+
+def _file_key(field: dataclasses.Field[Any], section: str) -> tuple[str, str]:
+    """(section, name) of the field's config-file key."""
+    shared = field.metadata.get("key")
+    if shared:
+        where, _, name = shared.partition(".")
+        return where, name
+    return section, field.name
 
 
 def _flag_name(field: dataclasses.Field[Any]) -> str:
@@ -157,12 +172,17 @@ def resolve(
     env = os.environ if environ is None else environ
     if config_file is None:
         config_file = getattr(args, "config", None) or env.get(CONFIG_ENV)
-    file_section = load_config_file(config_file).get(section) or {}
-    if not isinstance(file_section, dict):
-        raise SettingsError(f"config section {section!r} must be a mapping")
+    document = load_config_file(config_file)
+
+    def file_section(name: str) -> dict[str, Any]:
+        found = document.get(name) or {}
+        if not isinstance(found, dict):
+            raise SettingsError(f"config section {name!r} must be a mapping")
+        return found
+
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(file_section) - known
+    known = {f.name for f in dataclasses.fields(cls) if _file_key(f, section)[0] == section}
+    unknown = set(file_section(section)) - known
     if unknown:
         raise SettingsError(f"config section {section!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
     values: dict[str, Any] = {}
@@ -176,8 +196,10 @@ def resolve(
             values[name] = _convert(_flag_name(field), flag_value, tp)
         elif env_name and env_name in env:
             values[name] = _convert(env_name, env[env_name], tp)
-        elif name in file_section:
-            values[name] = _convert(f"{section}.{name}", file_section[name], tp)
+        else:
+            where, key = _file_key(field, section)
+            if key in file_section(where):
+                values[name] = _convert(f"{where}.{key}", file_section(where)[key], tp)
     settings = cls(**values)
     validate = getattr(settings, "validate", None)
     if callable(validate):
@@ -195,8 +217,9 @@ def describe(cls: type[Any], section: str) -> list[dict[str, str]]:
     for field in dataclasses.fields(cls):
         if field.metadata.get("env") is None:
             continue
+        where, key = _file_key(field, section)
         rows.append({
-            "key": f"{section}.{field.name}",
+            "key": f"{where}.{key}",
             "flag": _flag_name(field),
             "env": field.metadata["env"],
             "default": "(secret)" if field.metadata.get("secret") else _shown(field.default),
