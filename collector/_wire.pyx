@@ -21,52 +21,12 @@ from libc.string cimport memcpy
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-
-class Unsupported(ValueError):
-    """Not handled here; decode with the protobuf runtime instead."""
+from core._wire_primitives cimport _skip, _varint
+from core.wire import WireUnsupported as Unsupported
 
 
 cdef enum:
     NAME_FIELD = 72295727
-
-
-cdef inline uint64_t _varint(const unsigned char* buf, Py_ssize_t* pos, Py_ssize_t end) except *:
-    cdef uint64_t result = 0
-    cdef int shift = 0
-    cdef unsigned char b
-    while True:
-        if pos[0] >= end or shift > 63:
-            raise Unsupported("truncated varint")
-        b = buf[pos[0]]
-        pos[0] += 1
-        result |= (<uint64_t>(b & 0x7F)) << shift
-        if b < 0x80:
-            return result
-        shift += 7
-
-
-cdef inline Py_ssize_t _skip(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end, uint64_t tag) except -1:
-    """Skip one unknown field; field number 0 and groups are left to the runtime."""
-    cdef uint64_t n
-    cdef int wire = <int>(tag & 7)
-    if (tag >> 3) == 0 or (tag >> 3) > 536870911:
-        raise Unsupported("field number out of range")
-    if wire == 0:
-        _varint(buf, &pos, end)
-    elif wire == 1:
-        pos += 8
-    elif wire == 2:
-        n = _varint(buf, &pos, end)
-        if n > <uint64_t>(end - pos):
-            raise Unsupported("truncated field")
-        pos += <Py_ssize_t>n
-    elif wire == 5:
-        pos += 4
-    else:
-        raise Unsupported("group or bad wire type")
-    if pos > end:
-        raise Unsupported("truncated field")
-    return pos
 
 
 cdef inline Py_ssize_t _len(const unsigned char* buf, Py_ssize_t* pos, Py_ssize_t end) except -1:

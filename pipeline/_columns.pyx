@@ -18,10 +18,13 @@ from libc.string cimport memcpy, memset, memcmp
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
+from core._wire_primitives cimport _skip, _varint
+
 import os
 
 import numpy as np
 
+from core.wire import WireUnsupported as Unsupported
 from pipeline import decode as _decode
 from pipeline.decode import MAX_EVENTS_PER_RECORD, Chunk, PoisonRecord, message_columns
 from schemas.apim.usage.v1 import usage_event_columns_pb2 as _cols_pb
@@ -46,48 +49,6 @@ DEF SKIP_UNKNOWN = 0
 DEF SKIP_STRINGS = 1
 DEF SKIP_VARINTS = 2
 DEF SKIP_DOUBLES = 3
-
-
-class Unsupported(ValueError):
-    """Left to the reference decoder."""
-
-
-cdef inline uint64_t _varint(const unsigned char* buf, Py_ssize_t* pos, Py_ssize_t end) except? 0xFFFFFFFFFFFFFFFF:
-    cdef uint64_t result = 0
-    cdef int shift = 0
-    cdef unsigned char b
-    while True:
-        if pos[0] >= end or shift > 63:
-            raise Unsupported("truncated varint")
-        b = buf[pos[0]]
-        pos[0] += 1
-        result |= (<uint64_t>(b & 0x7F)) << shift
-        if b < 0x80:
-            return result
-        shift += 7
-
-
-cdef inline Py_ssize_t _skip(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end, uint64_t tag) except -1:
-    cdef uint64_t n
-    cdef int wire = <int>(tag & 7)
-    if (tag >> 3) == 0 or (tag >> 3) > 536870911:
-        raise Unsupported("field number out of range")
-    if wire == 0:
-        _varint(buf, &pos, end)
-    elif wire == 1:
-        pos += 8
-    elif wire == 2:
-        n = _varint(buf, &pos, end)
-        if n > <uint64_t>(end - pos):
-            raise Unsupported("truncated field")
-        pos += <Py_ssize_t>n
-    elif wire == 5:
-        pos += 4
-    else:
-        raise Unsupported("groups or bad wire type")
-    if pos > end:
-        raise Unsupported("truncated field")
-    return pos
 
 
 cdef int _check_utf8(const unsigned char* p, Py_ssize_t n) except -1:

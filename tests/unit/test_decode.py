@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector import _wire, decode, values
+from core.wire import WireUnsupported
 from schemas.mixer.template.metric import template_handler_service_pb2 as m
 from schemas.policy.v1beta1 import type_pb2 as t
 
@@ -57,6 +58,14 @@ def test_every_kind_decodes_the_same_both_ways(value: t.Value, expected: object)
 def test_the_compiled_decoder_is_built() -> None:
     """The fast path is what production runs; the install must have built it."""
     assert decode.COMPILED
+
+
+def test_both_compiled_decoders_give_up_with_the_one_shared_error() -> None:
+    """collector._wire and pipeline._columns share core/_wire_primitives.pxd and its WireUnsupported."""
+    from pipeline import _columns
+    assert _wire.Unsupported is _columns.Unsupported is WireUnsupported
+    with pytest.raises(WireUnsupported, match="truncated varint"):
+        _wire.decode_call(b"\x0a")  # tag of field 1 (length-delimited), then nothing: the length is missing
 
 
 def test_empty_submessages_are_accepted() -> None:
@@ -184,7 +193,7 @@ def test_map_entry_with_an_unknown_field_decodes_as_the_runtime_does(raw: bytes)
     """What the runtime does with such an entry depends on its backend, so the compiled decoder declines it."""
     decode.decode_reference(raw)  # the runtime accepts every one of these
     _agree(raw)
-    with pytest.raises(_wire.Unsupported, match="map entry with an unknown field"):
+    with pytest.raises(WireUnsupported, match="map entry with an unknown field"):
         _wire.decode_call(raw)
 
 
