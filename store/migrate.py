@@ -28,9 +28,13 @@ whether such a store matches revision 0001 exactly is not worth the risk
 while the project is pre-release, so :func:`upgrade` refuses with a
 :class:`~store.engine.StoreError` saying to recreate the store.
 
-New revisions: change store/tables.py, then :func:`autogenerate_revision`
-against a store at head, review the generated file, and run
-tests/integration/test_migrations.py.
+New revisions are written by hand (autogenerate does not see views, and a
+revision must keep creating the schema it was written for, so each one spells
+out its DDL): change store/tables.py, add store/migrations/versions/<id>.py
+whose file name is its revision id and whose ``down_revision`` is the current
+head (see 0004_usage_api_index.py), and run tests/integration/test_migrations.py;
+its ``compare_metadata`` check fails on SQLite and PostgreSQL until a store
+upgraded to head has exactly the tables of store/tables.py.
 """
 
 from __future__ import annotations
@@ -177,15 +181,3 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             command.upgrade(alembic_config(conn), revision)
         except CommandError as exc:  # one error type for callers; the transaction rolls back
             raise StoreError(f"cannot upgrade the store to {revision!r}: {exc}") from exc
-
-
-def autogenerate_revision(engine: Engine, message: str, rev_id: str) -> Path:
-    """Write a new revision file by diffing store/tables.py against a store at head (for developers).
-
-    Review the file before committing it: autogenerate misses renames and data steps.
-    """
-    with _IN_PROCESS, engine.begin() as conn:
-        script = command.revision(alembic_config(conn), message=message, rev_id=rev_id, autogenerate=True)
-    _script.cache_clear()
-    assert script is not None and not isinstance(script, list)
-    return Path(script.path)
