@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 from core.settings import SettingsError, parse_host_port, setting
 
+# Producer codecs: kafka-python needs python-snappy for snappy and zstandard for zstd (the kafka-python
+# extras in pyproject.toml); the pipeline's consumers decode all four.
+KAFKA_COMPRESSIONS = ("lz4", "gzip", "zstd", "snappy", "none")
+
 
 @dataclass(frozen=True)
 class CollectorSettings:
@@ -47,7 +51,7 @@ class CollectorSettings:
                                                "below the broker's message.max.bytes)")
     kafka_linger_ms: int = setting(2, env="APIM_KAFKA_LINGER_MS", help="producer linger (batching delay), ms")
     kafka_compression: str = setting("lz4", env="APIM_KAFKA_COMPRESSION",
-                                     help="producer compression: lz4, gzip, zstd or none")
+                                     help="producer compression: lz4, gzip, zstd, snappy or none")
     ack_timeout_s: float = setting(5.0, env="APIM_COLLECTOR_ACK_TIMEOUT_S",
                                    help="how long a call waits for Kafka before its records go to the spool")
     # -- spool -------------------------------------------------------------------------
@@ -99,7 +103,7 @@ class CollectorSettings:
             parse_host_port("--metrics-listen", self.metrics_listen)
         if self.topic_partitions < 1:
             raise SettingsError("--topic-partitions must be at least 1")
-        if self.kafka_compression not in ("lz4", "gzip", "zstd", "snappy", "none"):
+        if self.kafka_compression not in KAFKA_COMPRESSIONS:
             raise SettingsError(f"--kafka-compression: unknown codec {self.kafka_compression!r}")
         if self.kafka_client not in ("kafka-python", "confluent"):
             raise SettingsError(f"--kafka-client: kafka-python or confluent, not {self.kafka_client!r}")
