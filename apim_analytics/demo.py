@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import case, func, select
 
-from apim_analytics.demo_cli import DemoSettings
+from apim_analytics.demo_settings import DemoSettings
 from simulator.check import compare_all
 from store.engine import make_engine
 from store.tables import usage_minute

@@ -4,28 +4,12 @@ imported only when it runs: it needs gRPC and SQLAlchemy)."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from pathlib import Path
 
 from apim_analytics.common import add_config_flag
-from core.settings import SettingsError, add_flags, resolve, setting
+from apim_analytics.demo_settings import DemoSettings
+from core.settings import add_flags, resolve
 
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """What the demo simulates and where it writes (config-file section ``demo:``)."""
-
-    kafka: str = setting("127.0.0.1:9092", env="APIM_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers")
-    out: Path = setting(Path("demo-output"), env="APIM_DEMO_OUT",
-                        help="folder for the SQLite store, ground truth and logs (emptied first)")
-    rate: float = setting(200.0, env="APIM_DEMO_RATE", help="simulated requests per second")
-    duration: float = setting(600.0, env="APIM_DEMO_DURATION",
-                              help="simulated seconds of traffic, replayed as fast as possible")
-    seed: int = setting(7, env="APIM_DEMO_SEED", help="simulation seed")
-
-    def validate(self) -> None:
-        if self.rate <= 0 or self.duration <= 0:
-            raise SettingsError("--rate and --duration must be positive")
+__all__ = ["DemoSettings", "add_parser", "run"]
 
 
 def run(args: argparse.Namespace) -> int:

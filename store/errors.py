@@ -49,9 +49,9 @@ _SQLITE_RETRIABLE = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "
 
 
 def _reason(orig: BaseException) -> str:
-    """The driver's own first line of explanation."""
-    text = " ".join(str(orig).split())
-    return text.removeprefix("connection failed: ")[:300]
+    """The driver's own first line of explanation (psycopg adds SQL context and advice on later lines)."""
+    lines = str(orig).strip().splitlines() or [type(orig).__name__]
+    return " ".join(lines[0].split()).removeprefix("connection failed: ")[:300]
 
 
 def translate(exc: BaseException, *, where: str = "the store", connecting: bool = False) -> StoreError:
@@ -77,8 +77,7 @@ def translate(exc: BaseException, *, where: str = "the store", connecting: bool 
     if connecting or getattr(exc, "connection_invalidated", False) or (
             sqlstate and sqlstate[:2] in _RETRIABLE_SQLSTATE_CLASSES):
         return StoreUnavailable(f"cannot connect to {where}: {reason}",
-                                hint="check that the database is running and the URL's host, port, "
-                                     "user and password")
+                                hint="check that the database runs and the URL's host, port, user and password")
     if sqlite_name in _SQLITE_RETRIABLE:
         return StoreUnavailable(f"{where} is busy: {reason}")
     return StoreError(f"{where}: {reason}")
