@@ -7,17 +7,18 @@ the subscription catalog, keyed by the SHA-256 of the credential: the raw
 token never leaves this module (not in events, logs or the store).
 
 Resolutions are cached per (credential, API) with a TTL, as the original
-adapter did, because one client reuses one token for many calls.
+adapter did, because one client reuses one token for many calls. A cached JWT
+carries its validity window, so each request is still judged at its own time.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import csv
 import hashlib
 import json
-import re
+import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,11 +28,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from prometheus_client import Counter
 
+from core import jose
+
 if TYPE_CHECKING:
     from collector.jwt_verify import JwtVerifier
 
 JWT_REJECTED = Counter("apim_collector_jwt_rejected_total",
                        "JWTs that failed signature or claim verification, by reason", ["reason"])
+
+log = logging.getLogger(__name__)
 
 ANONYMOUS_APPLICATION = "anonymous"
 UNAUTHENTICATED_TIER = "Unauthenticated"
@@ -62,20 +67,6 @@ ANONYMOUS = Caller(credential_kind="NONE")
 def credential_hash(raw: str) -> str:
     """Stable, non-reversible identity of a credential (first 32 hex chars of SHA-256)."""
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def _b64url_json(segment: str) -> Any:
-    """Decode a JWT segment (URL-safe alphabet, no padding), rejecting anything else.
-
-    Only used when signatures are not verified; the verifier does its own strict decoding.
-    """
-    if not _B64URL.fullmatch(segment):
-        raise ValueError("not base64url")
-    padded = segment + "=" * (-len(segment) % 4)
-    return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-
-
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _text(value: Any, limit: int = 1024) -> str:
@@ -187,6 +178,10 @@ class SubscriptionCatalog:
         return out
 
 
+# Request times at which a cached resolution holds: always, unless it came from a JWT's exp/nbf.
+_ALWAYS = (-math.inf, math.inf)
+
+
 class CredentialResolver:
     """Resolve an ``Authorization`` header value to a :class:`Caller`, with a TTL cache."""
 
@@ -201,7 +196,8 @@ class CredentialResolver:
     ) -> None:
         self.catalog = catalog or SubscriptionCatalog()
         self.verifier = verifier
-        self._cache: OrderedDict[tuple[str, str, str], tuple[float, Caller]] = OrderedDict()
+        # key -> (TTL deadline on `clock`, caller, valid from, valid until: request times in epoch seconds)
+        self._cache: OrderedDict[tuple[str, str, str], tuple[float, Caller, float, float]] = OrderedDict()
         self._cache_size = cache_size
         self._ttl = cache_ttl_s
         self._clock = clock
@@ -212,6 +208,28 @@ class CredentialResolver:
         """Swap in a re-read catalog; cached opaque-token resolutions are dropped."""
         self.catalog = catalog
         self._cache.clear()
+
+    async def reload_keys(self) -> bool:
+        """Re-read the JWT key files (off the event loop); cached verdicts go if the keys changed.
+
+        Returns:
+            Whether the keys changed. A broken file keeps its old keys (logged, counted).
+        """
+        if self.verifier is None:
+            return False
+        changed = await asyncio.get_running_loop().run_in_executor(None, self.verifier.reload)
+        if changed:  # cleared here, on the loop thread that resolves: a token of a retired key must not stay cached
+            self._cache.clear()
+        return changed
+
+    async def reload_keys_every(self, interval_s: float) -> None:
+        """:meth:`reload_keys` every ``interval_s`` seconds, until cancelled: key rotation without a restart."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.reload_keys()
+            except Exception:  # noqa: BLE001 - a bug here must not end the timer; reload itself never raises
+                log.exception("JWT key reload failed; keeping the keys loaded before")
 
     def resolve(self, auth_header: str, api_name: str, api_version: str, at_s: float | None = None) -> Caller:
         """The caller for one request to (api_name, api_version) made at ``at_s`` (epoch seconds).
@@ -224,19 +242,24 @@ class CredentialResolver:
             return ANONYMOUS
         key = (auth_header, api_name, api_version)
         now = self._clock()
+        at = time.time() if at_s is None else at_s
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > now and hit[2] <= at < hit[3]:
             self.hits += 1
             self._cache.move_to_end(key)
             return hit[1]
         self.misses += 1
-        caller = self._resolve_uncached(auth_header, api_name, api_version, at_s)
-        self._cache[key] = (now + self._ttl, caller)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        caller, valid = self._resolve_uncached(auth_header, api_name, api_version, at)
+        if valid is not None:
+            self._cache[key] = (now + self._ttl, caller, *valid)
+            self._cache.move_to_end(key)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return caller
 
-    def _resolve_uncached(self, auth_header: str, api_name: str, api_version: str, at_s: float | None) -> Caller:
+    def _resolve_uncached(self, auth_header: str, api_name: str, api_version: str,
+                          at_s: float) -> tuple[Caller, tuple[float, float] | None]:
+        """The caller, and the request times it holds for (``None``: it holds for this one only, do not cache)."""
         scheme, _, token = auth_header.partition(" ")
         if not token:  # a bare token or API key with no scheme
             token, scheme = scheme, ""
@@ -244,26 +267,30 @@ class CredentialResolver:
         digest = credential_hash(token)
         if token.count(".") == 2:
             claims: dict[str, Any] | None = None
+            valid = _ALWAYS
             if self.verifier is not None:
-                from collector.jwt_verify import TokenInvalid
+                from collector.jwt_verify import Reason, TokenInvalid
 
                 try:
                     claims = self.verifier.verify(token, now=at_s)
+                    valid = self.verifier.validity(claims)
                 except TokenInvalid as exc:
                     JWT_REJECTED.labels(str(exc.reason)).inc()
-                    return Caller(credential_kind="UNRESOLVED", credential_hash=digest, application_id="unknown",
-                                  subscription_tier="")
+                    # Expired or not yet valid at this request's time is no verdict on other requests' times.
+                    timed = exc.reason in (Reason.EXPIRED, Reason.NOT_YET_VALID)
+                    return (Caller(credential_kind="UNRESOLVED", credential_hash=digest, application_id="unknown",
+                                   subscription_tier=""), None if timed else _ALWAYS)
             else:
                 try:
-                    claims = _b64url_json(token.split(".")[1])
-                except (ValueError, binascii.Error, UnicodeDecodeError):
+                    claims = jose.unverified_header_and_claims(token)[1]
+                except jose.JoseError:
                     claims = None
-            if isinstance(claims, dict):
-                return self._from_claims(claims, digest, api_name, api_version)
+            if claims is not None:
+                return self._from_claims(claims, digest, api_name, api_version), valid
         entry = self.catalog.get(digest)
         if entry is None:
             return Caller(credential_kind="UNRESOLVED", credential_hash=digest, application_id="unknown",
-                          subscription_tier="")
+                          subscription_tier=""), _ALWAYS
         return Caller(
             credential_kind=entry.credential_kind,
             credential_hash=digest,
@@ -276,7 +303,7 @@ class CredentialResolver:
             subscription_tier=entry.subscriptions.get((api_name, api_version), ""),
             user_name=entry.user_name,
             user_tenant_domain=_tenant_of(entry.user_name) if entry.user_name else "",
-        )
+        ), _ALWAYS
 
     @staticmethod
     def _from_claims(claims: dict[str, Any], digest: str, api_name: str, api_version: str) -> Caller:

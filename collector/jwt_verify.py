@@ -22,6 +22,11 @@ only those in the configured allow-list: ``none`` would accept unsigned
 tokens, and ``HS*`` would need a shared secret the collector does not have
 (accepting it is the classic attack of HMAC-signing with the public key).
 
+The cryptography (JWK parsing, JWS signature formats) is PyJWT's. This module
+keeps the policy: which keys a token may use, strict parsing (core.jose), the
+failure classes, and ``exp``/``nbf`` judged at the request's own time, which
+PyJWT cannot do (it only reads the wall clock).
+
 A rejected token raises :class:`TokenInvalid`, whose message says why but
 never quotes the token or any part of it (tokens are credentials): it names
 the token by a short SHA-256 prefix, the same prefix as
@@ -30,27 +35,31 @@ the token by a short SHA-256 prefix, the same prefix as
 
 from __future__ import annotations
 
-import binascii
 import hashlib
-import json
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+import jwt
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from prometheus_client import Counter
+
+from collector.errors import CollectorError
+from core import jose
 
 log = logging.getLogger(__name__)
+
+JWT_KEY_RELOADS = Counter("apim_collector_jwt_key_reloads_total",
+                          "JWT key file reloads, by result (failed: a file was unusable and its old keys kept)",
+                          ["result"])
 
 #: Longest token accepted, in characters. Envoy's default header limit is
 #: 60 KiB, so a longer value cannot be a real header; the cap bounds the work an
@@ -74,7 +83,7 @@ class Reason(StrEnum):
     WRONG_AUDIENCE = "wrong_audience"
 
 
-class TokenInvalid(ValueError):
+class TokenInvalid(CollectorError, ValueError):
     """A token that must not be believed, and why.
 
     Attributes:
@@ -94,8 +103,14 @@ class TokenInvalid(ValueError):
         super().__init__(f"{token_id} rejected: {self.reason.value.replace('_', ' ')}: {self.detail}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # ValueError pickles as cls(*self.args); args is the message alone.
+        # Exceptions pickle as cls(*self.args); args is the message alone.
         return (type(self), (self.reason, self.detail, self.token_id))
+
+
+class JwtConfigError(CollectorError, ValueError):
+    """A key file or verifier setting that cannot be used; the message names it and why."""
+
+    usage = True
 
 
 def token_id(token: str) -> str:
@@ -112,30 +127,13 @@ def token_id(token: str) -> str:
 
 # --- algorithms -------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class _Alg:
-    """How one JWS ``alg`` verifies: key family, hash, padding or curve."""
-
-    name: str
-    family: Literal["RSA", "EC"]
-    hash: hashes.HashAlgorithm
-    pss: bool = False
-    curve: str = ""  # cryptography's curve name, for EC
-    coordinate_bytes: int = 0  # size of r and of s in the raw JWS signature, for EC
-
-
-_ALGS: dict[str, _Alg] = {
-    "RS256": _Alg("RS256", "RSA", hashes.SHA256()),
-    "RS384": _Alg("RS384", "RSA", hashes.SHA384()),
-    "RS512": _Alg("RS512", "RSA", hashes.SHA512()),
-    "PS256": _Alg("PS256", "RSA", hashes.SHA256(), pss=True),
-    "ES256": _Alg("ES256", "EC", hashes.SHA256(), curve="secp256r1", coordinate_bytes=32),
-    "ES384": _Alg("ES384", "EC", hashes.SHA384(), curve="secp384r1", coordinate_bytes=48),
+# The key each alg needs: "RSA", or the cryptography name of the EC curve.
+_KEY_FOR_ALG: dict[str, str] = {
+    "RS256": "RSA", "RS384": "RSA", "RS512": "RSA", "PS256": "RSA", "ES256": "secp256r1", "ES384": "secp384r1",
 }
 
 #: Every alg this module can verify; an allow-list is a subset of these.
-SUPPORTED_ALGORITHMS: frozenset[str] = frozenset(_ALGS)
+SUPPORTED_ALGORITHMS: frozenset[str] = frozenset(_KEY_FOR_ALG)
 
 # Registered JWS names (RFC 7518 3.1, RFC 8037) that are safe to repeat in a
 # message: anything else in a header is attacker text and is not quoted.
@@ -144,14 +142,8 @@ _REGISTERED_ALGS = frozenset({
     "PS256", "PS384", "PS512", "EdDSA", "ES256K",
 })
 
-# PSS salt length is the hash's output size (RFC 7518 3.5); built once per alg.
-_PSS = {a.name: padding.PSS(mgf=padding.MGF1(a.hash), salt_length=a.hash.digest_size)
-        for a in _ALGS.values() if a.pss}
-_PKCS1 = padding.PKCS1v15()
-_ECDSA = {a.name: ec.ECDSA(a.hash) for a in _ALGS.values() if a.family == "EC"}
-
-# JWK curve names and their cryptography curves.
-_JWK_CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
+# PyJWT's JWS layer with only our algs registered: HS* and none do not exist in it.
+_JWS = jwt.PyJWS(algorithms=sorted(SUPPORTED_ALGORITHMS), options={"enforce_minimum_key_length": True})
 
 
 def _alg_for_message(alg: object) -> str:
@@ -191,68 +183,18 @@ class VerifierSettings:
         # invalid" (or worse, "HS256 accepted") at run time.
         algs = (self.algorithms,) if isinstance(self.algorithms, str) else tuple(self.algorithms)
         if not algs:
-            raise ValueError("VerifierSettings.algorithms is empty: no token could ever verify")
+            raise JwtConfigError("VerifierSettings.algorithms is empty: no token could ever verify")
         for alg in algs:
             if alg == "none":
-                raise ValueError("alg 'none' cannot be allowed: it accepts unsigned tokens")
+                raise JwtConfigError("alg 'none' cannot be allowed: it accepts unsigned tokens")
             if isinstance(alg, str) and alg.startswith("HS"):
-                raise ValueError(f"alg {alg!r} cannot be allowed: it is symmetric and needs a shared "
-                                 "secret; only the issuer's public key is available")
+                raise JwtConfigError(f"alg {alg!r} cannot be allowed: it is symmetric and needs a shared "
+                                     "secret; only the issuer's public key is available")
             if alg not in SUPPORTED_ALGORITHMS:
-                raise ValueError(f"alg {alg!r} is not supported; choose from {sorted(SUPPORTED_ALGORITHMS)}")
+                raise JwtConfigError(f"alg {alg!r} is not supported; choose from {sorted(SUPPORTED_ALGORITHMS)}")
         object.__setattr__(self, "algorithms", algs)
         if not (isinstance(self.leeway_s, (int, float)) and math.isfinite(self.leeway_s) and self.leeway_s >= 0):
-            raise ValueError(f"VerifierSettings.leeway_s must be a finite number >= 0, not {self.leeway_s!r}")
-
-
-# --- base64url and JSON -----------------------------------------------------
-
-_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
-_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
-
-
-def _b64url_decode(segment: str) -> bytes | None:
-    """Decode unpadded base64url (RFC 7515 2), strictly; ``None`` if it is not.
-
-    Strict means the URL-safe alphabet only (the WSO2 adapter decoded with the
-    standard one, so ``-``/``_`` broke it and ``+``/``/`` passed), no ``=``
-    padding, and canonical: the unused low bits of the last character must be
-    zero, so one signature has one spelling.
-    """
-    rem = len(segment) % 4
-    if rem == 1 or not _B64URL_RE.fullmatch(segment):
-        return None
-    if rem:
-        unused_mask = 0x0F if rem == 2 else 0x03
-        if _B64URL_ALPHABET.index(segment[-1]) & unused_mask:
-            return None
-    return binascii.a2b_base64((segment + "=" * (-len(segment) % 4)).encode("ascii").translate(_URL_TO_STD))
-
-
-def _reject_constant(name: str) -> Any:
-    # Python's json accepts NaN/Infinity, which are not JSON; "exp": Infinity
-    # would be a token that never expires.
-    raise ValueError("non-finite number")
-
-
-# One decoder, built once: json.loads(..., parse_constant=...) builds a new one per call.
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | str:
-    """Parse a JOSE header or claims set; the object, or a reason it is not one."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "is not UTF-8"
-    try:
-        value = _JSON.decode(text)
-    except (ValueError, RecursionError):  # JSONDecodeError, huge ints, NaN; deep nesting
-        return "is not valid JSON"
-    if not isinstance(value, dict):
-        return "is JSON but not an object"
-    return value
+            raise JwtConfigError(f"VerifierSettings.leeway_s must be a finite number >= 0, not {self.leeway_s!r}")
 
 
 # --- keys -------------------------------------------------------------------
@@ -265,101 +207,89 @@ SourceKind = Literal["jwks", "certificate", "public_key"]
 class _Key:
     """One verification key and the constraints its source put on it."""
 
-    public_key: PublicKey
+    public_key: PublicKey = field(compare=False)
     kid: str | None = None
     alg: str | None = None  # a JWK's "alg": the only alg it may verify
+    der: bytes = b""  # SubjectPublicKeyInfo: what makes two keys the same, for reload
 
-    def fits(self, alg: _Alg) -> bool:
+    def fits(self, alg: str) -> bool:
         """Whether this key may verify ``alg`` (key type, curve and JWK alg all agree)."""
-        if self.alg is not None and self.alg != alg.name:
+        if self.alg is not None and self.alg != alg:
             return False
-        if alg.family == "RSA":
+        need = _KEY_FOR_ALG[alg]
+        if need == "RSA":
             return isinstance(self.public_key, rsa.RSAPublicKey)
-        return isinstance(self.public_key, ec.EllipticCurvePublicKey) and self.public_key.curve.name == alg.curve
+        return isinstance(self.public_key, ec.EllipticCurvePublicKey) and self.public_key.curve.name == need
 
 
-class _KeyFileError(ValueError):
-    """A key file that cannot be used; the message names the file and why."""
+def _key(public_key: object, where: str, kid: str | None = None, alg: str | None = None) -> _Key:
+    """A usable verification key, or JwtConfigError saying why not."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < MIN_RSA_BITS:
+            raise JwtConfigError(f"{where}: RSA key of {public_key.key_size} bits; at least {MIN_RSA_BITS} "
+                                 "are required")
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        if public_key.curve.name not in ("secp256r1", "secp384r1"):
+            raise JwtConfigError(f"{where}: EC curve {public_key.curve.name} is not supported (P-256 and P-384 are)")
+    else:
+        raise JwtConfigError(f"{where}: {type(public_key).__name__} keys are not supported (RSA and EC are)")
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return _Key(public_key, kid=kid, alg=alg, der=der)
 
 
-def _check_public_key(key: object, where: str) -> PublicKey:
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise _KeyFileError(f"{where}: RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} are required")
-        return key
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in ("secp256r1", "secp384r1"):
-            raise _KeyFileError(f"{where}: EC curve {key.curve.name} is not supported (P-256 and P-384 are)")
-        return key
-    raise _KeyFileError(f"{where}: {type(key).__name__} keys are not supported (RSA and EC are)")
-
-
-def _jwk_int(jwk: Mapping[str, Any], member: str) -> int:
-    value = jwk.get(member)
-    # Tolerate '=' padding here (unlike in tokens): the JWKS is the operator's
-    # own configuration, and some tools pad.
-    raw = _b64url_decode(value.rstrip("=")) if isinstance(value, str) else None
-    if not raw:
-        raise _KeyFileError(f"member {member!r} is missing or not base64url")
-    return int.from_bytes(raw, "big")
+# Only the public members go to PyJWT: a JWK that also carries "d" must still
+# load as the public key it names.
+_PUBLIC_MEMBERS = {"RSA": ("kty", "n", "e"), "EC": ("kty", "crv", "x", "y")}
 
 
 def _jwk_to_key(jwk: object) -> _Key:
-    """One JWKS entry as a verification key; raises _KeyFileError to skip it."""
+    """One JWKS entry as a verification key; raises JwtConfigError to skip it."""
     if not isinstance(jwk, dict):
-        raise _KeyFileError("entry is not a JSON object")
+        raise JwtConfigError("entry is not a JSON object")
     kid = jwk.get("kid")
     if kid is not None and not isinstance(kid, str):
-        raise _KeyFileError("'kid' is not a string")
+        raise JwtConfigError("'kid' is not a string")
     use = jwk.get("use")
     if use is not None and use != "sig":
-        raise _KeyFileError(f"'use' is {use!r}, not 'sig'")
+        raise JwtConfigError(f"'use' is {use!r}, not 'sig'")
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-        raise _KeyFileError("'key_ops' does not include 'verify'")
+        raise JwtConfigError("'key_ops' does not include 'verify'")
     alg = jwk.get("alg")
     if alg is not None and alg not in SUPPORTED_ALGORITHMS:
-        raise _KeyFileError(f"'alg' {alg!r} is not a supported signature alg")
+        raise JwtConfigError(f"'alg' {alg!r} is not a supported signature alg")
     kty = jwk.get("kty")
-    key: object
+    if kty == "oct":
+        raise JwtConfigError("symmetric ('oct') keys cannot be used: HS* algs are not accepted")
+    if kty not in _PUBLIC_MEMBERS:
+        raise JwtConfigError(f"'kty' {kty!r} is not supported (RSA and EC are)")
+    if kty == "EC" and jwk.get("crv") not in ("P-256", "P-384"):
+        raise JwtConfigError(f"'crv' {jwk.get('crv')!r} is not supported (P-256 and P-384 are)")
     try:
-        if kty == "RSA":
-            key = rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
-        elif kty == "EC":
-            crv = jwk.get("crv")
-            curve = _JWK_CURVES.get(crv) if isinstance(crv, str) else None
-            if curve is None:
-                raise _KeyFileError(f"'crv' {crv!r} is not supported (P-256 and P-384 are)")
-            key = ec.EllipticCurvePublicNumbers(_jwk_int(jwk, "x"), _jwk_int(jwk, "y"), curve).public_key()
-        elif kty == "oct":
-            raise _KeyFileError("symmetric ('oct') keys cannot be used: HS* algs are not accepted")
-        else:
-            raise _KeyFileError(f"'kty' {kty!r} is not supported (RSA and EC are)")
-    except (ValueError, TypeError, OverflowError) as exc:  # off-curve point, bad exponent ...
-        if isinstance(exc, _KeyFileError):
-            raise
-        raise _KeyFileError(f"not a valid {kty} public key ({exc})") from None
-    return _Key(_check_public_key(key, "key"), kid=kid, alg=alg)
+        public_key = jwt.PyJWK({k: jwk[k] for k in _PUBLIC_MEMBERS[kty] if k in jwk}).key
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError, OverflowError) as exc:  # off-curve point, bad n ...
+        raise JwtConfigError(f"not a valid {kty} public key ({type(exc).__name__}: {exc})") from None
+    return _key(public_key, "key", kid=kid, alg=alg)
 
 
 def _load_jwks(path: Path) -> tuple[_Key, ...]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _KeyFileError(f"JWKS {path}: cannot read it as JSON ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise _KeyFileError(f"JWKS {path}: not a JWK set (an object with a 'keys' list)")
+        doc = jose.json_object(path.read_bytes(), "the file")
+    except (OSError, jose.JoseError) as exc:
+        raise JwtConfigError(f"JWKS {path}: cannot read it as a JSON object ({exc})") from None
+    if not isinstance(doc.get("keys"), list):
+        raise JwtConfigError(f"JWKS {path}: not a JWK set (an object with a 'keys' list)")
     keys: list[_Key] = []
     for i, jwk in enumerate(doc["keys"]):
         # One odd entry (an encryption key, a curve we lack) must not take the
         # whole set down: issuers publish mixed sets.
         try:
             keys.append(_jwk_to_key(jwk))
-        except _KeyFileError as exc:
+        except JwtConfigError as exc:
             kid = jwk.get("kid") if isinstance(jwk, dict) else None
             log.warning("JWKS %s: key %d (kid %r) skipped: %s", path, i, kid, exc)
     if not keys:
-        raise _KeyFileError(f"JWKS {path}: no usable signature verification key")
+        raise JwtConfigError(f"JWKS {path}: no usable signature verification key")
     return tuple(keys)
 
 
@@ -367,7 +297,7 @@ def _load_certificate(path: Path) -> tuple[_Key, ...]:
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError) as exc:
-        raise _KeyFileError(f"certificate {path}: cannot read a PEM X.509 certificate ({exc})") from None
+        raise JwtConfigError(f"certificate {path}: cannot read a PEM X.509 certificate ({exc})") from None
     keys = []
     for cert in certs:
         # An expired certificate still holds the right key: APIM keeps signing
@@ -379,8 +309,8 @@ def _load_certificate(path: Path) -> tuple[_Key, ...]:
         try:
             public_key = cert.public_key()
         except ValueError as exc:
-            raise _KeyFileError(f"certificate {path}: unusable public key ({exc})") from None
-        keys.append(_Key(_check_public_key(public_key, f"certificate {path}")))
+            raise JwtConfigError(f"certificate {path}: unusable public key ({exc})") from None
+        keys.append(_key(public_key, f"certificate {path}"))
     return tuple(keys)
 
 
@@ -388,8 +318,8 @@ def _load_public_key(path: Path) -> tuple[_Key, ...]:
     try:
         public_key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError, TypeError) as exc:
-        raise _KeyFileError(f"public key {path}: cannot read a PEM public key ({exc})") from None
-    return (_Key(_check_public_key(public_key, f"public key {path}")),)
+        raise JwtConfigError(f"public key {path}: cannot read a PEM public key ({exc})") from None
+    return (_key(public_key, f"public key {path}"),)
 
 
 _LOADERS = {"jwks": _load_jwks, "certificate": _load_certificate, "public_key": _load_public_key}
@@ -486,16 +416,16 @@ class JwtVerifier:
             The verifier.
 
         Raises:
-            ValueError: No file was given, or one cannot be read or holds no
-                usable key. At startup a broken key file is a configuration
-                error to fix, not something to run without.
+            JwtConfigError: (a ValueError) No file was given, or one cannot be
+                read or holds no usable key. At startup a broken key file is a
+                configuration error to fix, not something to run without.
         """
         given: list[tuple[SourceKind, Path]] = [
             (kind, Path(p)) for kind, p in (("jwks", jwks), ("certificate", certificate), ("public_key", public_key))
             if p is not None and str(p) != ""
         ]
         if not given:
-            raise ValueError("JwtVerifier needs at least one of jwks, certificate or public_key")
+            raise JwtConfigError("JwtVerifier needs at least one of jwks, certificate or public_key")
         sources = {(kind, path): _LOADERS[kind](path) for kind, path in given}
         verifier = cls(sources, settings)
         log.info("JWT verification keys loaded: %s", verifier._describe())
@@ -509,25 +439,35 @@ class JwtVerifier:
     def _describe(self) -> str:
         return ", ".join(f"{kind} {path}: {len(keys)} key(s)" for (kind, path), keys in self._sources.items())
 
-    def reload(self) -> None:
+    def reload(self) -> bool:
         """Re-read every key file, e.g. after the issuer rotated its keys.
 
         A file that is missing or broken keeps the keys it had: a half-written
         JWKS or a bad deploy must not make every token invalid. Nothing is
-        raised; failures are logged, so this can run from a timer or a
-        SIGHUP handler.
+        raised; failures are logged and counted (``apim_collector_jwt_key_reloads_total``),
+        so this can run from a timer or a SIGHUP handler.
+
+        Returns:
+            Whether the set of keys changed (so cached verdicts may be stale).
         """
         with self._reload_lock:
             updated = dict(self._sources)
+            failed = False
             for kind, path in self._sources:
                 try:
                     updated[(kind, path)] = _LOADERS[kind](path)
-                except _KeyFileError as exc:
-                    log.error("JWT key reload: %s; keeping the %d key(s) loaded before",
-                              exc, len(self._sources[(kind, path)]))
+                except JwtConfigError as exc:
+                    failed = True
+                    kept = len(self._sources[(kind, path)])
+                    log.error("JWT key reload: %s; keeping the %d key(s) loaded before", exc, kept,
+                              extra={"key_source": kind, "path": str(path), "keys_kept": kept})
+            JWT_KEY_RELOADS.labels("failed" if failed else "ok").inc()
+            changed = updated != self._sources
             self._sources = updated
             self._keys = _KeySet.build(updated)
-            log.info("JWT verification keys reloaded: %s", self._describe())
+            if changed:
+                log.info("JWT verification keys reloaded: %s", self._describe())
+            return changed
 
     def verify(self, token: str, now: float | None = None) -> dict[str, Any]:
         """Check a token's signature and registered claims; return its claims.
@@ -555,33 +495,39 @@ class JwtVerifier:
         # carry decoded token bytes) is attached.
         raise TokenInvalid(rejection.reason, rejection.detail, token_id(token))
 
+    def validity(self, claims: Mapping[str, Any]) -> tuple[float, float]:
+        """The request times ``[start, end)`` at which verified ``claims`` pass the ``exp``/``nbf`` checks.
+
+        Lets a cache of verified tokens judge each request at its own time.
+        """
+        if not self.settings.check_expiry:
+            return -math.inf, math.inf
+        exp = _numeric_date(claims, "exp")
+        nbf = _numeric_date(claims, "nbf")
+        leeway = self.settings.leeway_s
+        return (-math.inf if nbf is None else nbf - leeway), (math.inf if exp is None else exp + leeway)
+
     def _verify(self, token: str, now: float) -> dict[str, Any]:
         if len(token) > MAX_TOKEN_CHARS:
             raise _Rejection(Reason.MALFORMED, f"longer than {MAX_TOKEN_CHARS} characters")
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise _Rejection(Reason.MALFORMED, f"expected 3 dot-separated segments, found {len(parts)}")
-        header_b64, payload_b64, signature_b64 = parts
-        decoded = []
-        for name, segment in (("header", header_b64), ("payload", payload_b64), ("signature", signature_b64)):
-            raw = _b64url_decode(segment)
-            if raw is None:
-                raise _Rejection(Reason.MALFORMED, f"{name} is not unpadded base64url")
-            decoded.append(raw)
-        header_raw, payload_raw, signature = decoded
+        try:
+            header_b64, payload_b64, signature_b64 = jose.split_compact(token)
+            header_raw = jose.b64url_decode(header_b64, "header")
+            payload_raw = jose.b64url_decode(payload_b64, "payload")
+            signature = jose.b64url_decode(signature_b64, "signature")
+            header = jose.json_object(header_raw, "header")
+        except jose.JoseError as exc:
+            raise _Rejection(Reason.MALFORMED, str(exc)) from None
 
-        header = _json_object(header_raw)
-        if isinstance(header, str):
-            raise _Rejection(Reason.MALFORMED, f"header {header}")
-        alg_name = header.get("alg")
-        if alg_name == "none":
+        alg = header.get("alg")
+        if alg == "none":
             raise _Rejection(Reason.ALG_NOT_ALLOWED, "alg none (an unsigned token) is never accepted")
-        if isinstance(alg_name, str) and alg_name.startswith("HS"):
+        if isinstance(alg, str) and alg.startswith("HS"):
             raise _Rejection(Reason.ALG_NOT_ALLOWED,
-                             f"{_alg_for_message(alg_name)} is symmetric; only public-key algs are accepted")
-        if not isinstance(alg_name, str) or alg_name not in self._allowed:
+                             f"{_alg_for_message(alg)} is symmetric; only public-key algs are accepted")
+        if not isinstance(alg, str) or alg not in self._allowed:
             raise _Rejection(Reason.ALG_NOT_ALLOWED,
-                             f"{_alg_for_message(alg_name)} is not in the allowed algs {list(self.settings.algorithms)}")
+                             f"{_alg_for_message(alg)} is not in the allowed algs {list(self.settings.algorithms)}")
         # RFC 7515 4.1.11: a critical extension we do not understand must fail.
         if "crit" in header:
             raise _Rejection(Reason.MALFORMED, "header has critical extensions ('crit'), which are not supported")
@@ -591,21 +537,18 @@ class JwtVerifier:
         if not signature:
             raise _Rejection(Reason.BAD_SIGNATURE, "the signature is empty")
 
-        alg = _ALGS[alg_name]
-        keys = self._keys
-        candidates = self._candidates(keys, kid)
-        fitting = [k for k in candidates if k.fits(alg)]
+        fitting = [k for k in self._candidates(self._keys, kid) if k.fits(alg)]
         if not fitting:
-            raise _Rejection(Reason.BAD_SIGNATURE, f"no key selected for this token can verify {alg.name} "
+            raise _Rejection(Reason.BAD_SIGNATURE, f"no key selected for this token can verify {alg} "
                                                    "(key type, curve or the key's own alg differ)")
-        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
-        if not any(self._signature_ok(k.public_key, alg, signature, signing_input) for k in fitting):
+        if not any(self._signature_ok(token, k, alg) for k in fitting):
             raise _Rejection(Reason.BAD_SIGNATURE, "the signature does not verify with the selected key(s)")
 
         # Only now is the payload trusted enough to parse.
-        claims = _json_object(payload_raw)
-        if isinstance(claims, str):
-            raise _Rejection(Reason.MALFORMED, f"payload {claims}")
+        try:
+            claims = jose.json_object(payload_raw, "payload")
+        except jose.JoseError as exc:
+            raise _Rejection(Reason.MALFORMED, str(exc)) from None
         self._check_claims(claims, now)
         return claims
 
@@ -627,33 +570,27 @@ class JwtVerifier:
                          f"it has no kid and the JWKS holds {len(keys.jwks)} keys, so none can be chosen")
 
     @staticmethod
-    def _signature_ok(key: PublicKey, alg: _Alg, signature: bytes, signing_input: bytes) -> bool:
+    def _signature_ok(token: str, key: _Key, alg: str) -> bool:
         try:
-            if isinstance(key, rsa.RSAPublicKey):
-                pad = _PSS[alg.name] if alg.pss else _PKCS1
-                key.verify(signature, signing_input, pad, alg.hash)
-            else:
-                # JWS carries ECDSA as fixed-width r || s (RFC 7518 3.4);
-                # cryptography wants DER.
-                n = alg.coordinate_bytes
-                if len(signature) != 2 * n:
-                    return False
-                der = encode_dss_signature(int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big"))
-                key.verify(der, signing_input, _ECDSA[alg.name])
-        except InvalidSignature:
+            _JWS.decode_complete(token, key=key.public_key, algorithms=[alg])
+        except jwt.InvalidSignatureError:
             return False
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            # Our parsing already accepted the token, so this is PyJWT being
+            # stricter; its message may quote the token, so name only the type.
+            raise _Rejection(Reason.MALFORMED, f"the JWS library refused it ({type(exc).__name__})") from None
         return True
 
     def _check_claims(self, claims: Mapping[str, Any], now: float) -> None:
         s = self.settings
         if s.check_expiry:
-            exp = _numeric_date(claims, "exp")
-            if exp is not None and now >= exp + s.leeway_s:
-                raise _Rejection(Reason.EXPIRED, f"expired {now - exp:.0f} s ago (leeway {s.leeway_s:g} s)")
-            nbf = _numeric_date(claims, "nbf")
-            if nbf is not None and now + s.leeway_s < nbf:
+            start, end = self.validity(claims)
+            if now >= end:
+                raise _Rejection(Reason.EXPIRED,
+                                 f"expired {now - (end - s.leeway_s):.0f} s ago (leeway {s.leeway_s:g} s)")
+            if now < start:
                 raise _Rejection(Reason.NOT_YET_VALID,
-                                 f"not valid for another {nbf - now:.0f} s (leeway {s.leeway_s:g} s)")
+                                 f"not valid for another {start + s.leeway_s - now:.0f} s (leeway {s.leeway_s:g} s)")
         if s.issuer is not None and claims.get("iss") != s.issuer:
             raise _Rejection(Reason.WRONG_ISSUER, f"its issuer is not the configured {s.issuer!r}")
         if s.audience is not None:

@@ -277,6 +277,7 @@ class Collector:
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._jwt_reloads: set[asyncio.Task[object]] = set()  # the timer and SIGHUP reloads in flight
 
     async def start(self) -> int:
         s = self.settings
@@ -339,6 +340,8 @@ class Collector:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.subscriptions_store and s.subscriptions_refresh_s > 0:
             self._refresher = loop.create_task(self._refresh_subscriptions())
+        if self.resolver.verifier is not None and s.jwt_reload_s > 0:
+            self._keep_jwt_reload(loop.create_task(self.resolver.reload_keys_every(s.jwt_reload_s)))
         log.info("collector serving", extra={"listen": f"{host}:{self.port}", "tls": bool(creds),
                                              "mutual_tls": bool(s.tls_client_ca), "topic": s.topic,
                                              "partitions": partitions, "mappings": sorted(mappings),
@@ -358,6 +361,15 @@ class Collector:
                 log.warning("subscription catalog refresh failed; keeping the previous one",
                             extra={"error": repr(exc)[:300]})
 
+    def reload_jwt_keys(self) -> None:
+        """Re-read the JWT key files now (SIGHUP); a broken file keeps its old keys. Call on the loop."""
+        if self.resolver is not None and self.resolver.verifier is not None:
+            self._keep_jwt_reload(asyncio.get_running_loop().create_task(self.resolver.reload_keys()))
+
+    def _keep_jwt_reload(self, task: asyncio.Task[object]) -> None:
+        self._jwt_reloads.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._jwt_reloads.discard)
+
     async def stop(self) -> None:
         """Stop taking calls, let in-flight ones finish, give the spool a moment to drain, flush."""
         if self.server is None:
@@ -366,6 +378,8 @@ class Collector:
         await self.server.stop(self.settings.shutdown_grace_s)
         if self._refresher is not None:
             self._refresher.cancel()
+        for task in list(self._jwt_reloads):
+            task.cancel()
         if self.delivery is not None:
             # What is still spooled stays on disk and drains at the next start.
             await self.delivery.close(drain_timeout_s=self.settings.shutdown_grace_s)
@@ -375,7 +389,7 @@ class Collector:
 
 
 async def serve(settings: CollectorSettings) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run until SIGTERM/SIGINT, then shut down gracefully; SIGHUP re-reads the JWT key files."""
     if settings.metrics_listen:
         host, port = parse_host_port("--metrics-listen", settings.metrics_listen)
         start_http_server(port, addr=host)
@@ -385,5 +399,6 @@ async def serve(settings: CollectorSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, collector.reload_jwt_keys)
     await stop.wait()
     await collector.stop()

@@ -92,6 +92,9 @@ class CollectorSettings:
     jwt_certificate: str = setting("", env="APIM_COLLECTOR_JWT_CERTIFICATE",
                                    help="PEM certificate (the API manager's): verify JWT signatures against it")
     jwt_issuer: str = setting("", env="APIM_COLLECTOR_JWT_ISSUER", help="required JWT issuer (empty: any)")
+    jwt_reload_s: float = setting(300.0, env="APIM_COLLECTOR_JWT_RELOAD_S",
+                                  help="how often the JWT key files are re-read, so rotated keys apply without a "
+                                       "restart (SIGHUP re-reads them too; 0: only on SIGHUP)")
     # -- privacy ---------------------------------------------------------------------------------
     user_ip: str = setting("keep", env="APIM_COLLECTOR_USER_IP",
                            help="user IPs: keep, truncate (IPv4 /24, IPv6 /48) or hash")
@@ -124,6 +127,8 @@ class CollectorSettings:
         for name in ("max_message_mb", "max_instances_per_call", "max_string_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.jwt_reload_s >= 0:
+            raise SettingsError("--jwt-reload-s must be 0 (off) or more")
         if not self.spool_max_mb > 0:
             raise SettingsError("--spool-max-mb must be above 0")
         if not self.spool_dir:

@@ -3,8 +3,8 @@
 JWT applications get RS256 tokens shaped like the ones API Manager 2.6 issues
 (the claims the istio-apim adapter read: ``application``, ``subscribedAPIs``,
 ``tierInfo``, ``keytype``, ...). The signing key is real (RSA-2048 via
-``cryptography``) and its public half can be written as PEM or JWKS, so a
-collector can verify signatures. OPAQUE applications get 36-character
+``cryptography``, signed with PyJWT like the collector verifies) and its public
+half can be written as PEM or JWKS, so a collector can verify signatures. OPAQUE applications get 36-character
 UUID-shaped tokens; :func:`subscription_catalog_rows` tells a collector who
 holds each one, keyed by the token's SHA-256 (the raw token is never listed).
 
@@ -15,7 +15,6 @@ catalog and the simulated start time; only the signature depends on the key.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -25,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from core import jose
 from simulator.catalog import CREDENTIAL_OPAQUE, Application, Catalog
 from simulator.config import DEFAULT_PROFILE, SimulationProfile
 
@@ -37,18 +38,8 @@ RSA_PUBLIC_EXPONENT = 65537
 OPAQUE_TOKEN_KIND = "OPAQUE_TOKEN"
 
 
-def b64url(data: bytes) -> str:
-    """Base64url without padding (RFC 7515 section 2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    """Inverse of :func:`b64url`; tolerates missing padding."""
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _int_b64url(n: int) -> str:
-    return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+    return jose.b64url_encode(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
 
 def _compact_json(obj: Any) -> bytes:
@@ -70,7 +61,7 @@ class SigningKey:
         """Wrap an existing key, deriving its ``kid``."""
         pub = key.public_key().public_numbers()
         canonical = _compact_json({"e": _int_b64url(pub.e), "kty": "RSA", "n": _int_b64url(pub.n)})
-        return cls(private_key=key, kid=b64url(hashlib.sha256(canonical).digest()))
+        return cls(private_key=key, kid=jose.b64url_encode(hashlib.sha256(canonical).digest()))
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -130,28 +121,13 @@ class SigningKey:
         """Write :meth:`jwks` to ``path`` as JSON."""
         Path(path).write_text(json.dumps(self.jwks(), indent=2) + "\n")
 
-    def sign(self, data: bytes) -> bytes:
-        """RS256: RSASSA-PKCS1-v1_5 over SHA-256."""
-        return self.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-
 
 def mint_jwt(key: SigningKey, claims: dict[str, Any]) -> str:
-    """Serialize and sign ``claims`` as a compact JWS (header ``alg/typ/kid``)."""
-    header = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
-    signing_input = b64url(_compact_json(header)) + "." + b64url(_compact_json(claims))
-    return signing_input + "." + b64url(key.sign(signing_input.encode("ascii")))
+    """Sign ``claims`` as an RS256 compact JWS (header ``alg/kid/typ``).
 
-
-def decode_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(header, claims) of a compact JWS, *without* verifying it.
-
-    Raises:
-        ValueError: not three base64url JSON segments.
+    Deterministic for given claims and key: RSASSA-PKCS1-v1_5 has no randomness.
     """
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise ValueError("a JWT has three dot-separated segments")
-    return json.loads(b64url_decode(parts[0])), json.loads(b64url_decode(parts[1]))
+    return jwt.encode(claims, key.private_key, algorithm="RS256", headers={"kid": key.kid})
 
 
 def _deterministic_uuid(*parts: str) -> str:
