@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): every benchmark, on this machine, with the real broker and
 PostgreSQL, then the summary table (bench/report.py) written into the README.
 
-In order: the spine, Kafka record and spool micro-benchmarks; collector ingest (events/s per core, CPU-s
+In order: the CLI's start-up CPU; the spine, Kafka record and spool micro-benchmarks; collector ingest (events/s per core, CPU-s
 per 1,000 events); pipeline throughput against the pandas baseline measured in the same run (SQLite
 and PostgreSQL); end-to-end freshness at 20,000 offered events/s and at a rate this machine
 sustains; analyst query latency on PostgreSQL holding 30 days; peak memory of the collector and of
@@ -12,11 +12,12 @@ bench/results/. About an hour on 2 cores.
 import sys
 
 from core import logs
-from bench import (collector_ceiling, faults, freshness, kafka_records, memory, pipeline, query_latency, report,
-                   spine, spool)
+from bench import (cli_startup, collector_ceiling, faults, freshness, kafka_records, memory, pipeline, query_latency,
+                   report, spine, spool)
 
 logs.configure("WARNING")
 steps = [
+    ("CLI start-up", lambda: cli_startup.main([])),
     ("spine", lambda: spine.main(sys.argv[1:])),
     ("kafka records", lambda: kafka_records.main([])),
     ("spool", lambda: spool.main([])),

@@ -91,6 +91,14 @@ def rows() -> list[dict[str, Any]]:
                         "measured": f"sent {s['sent']:,}, stored {s['stored']:,}, lost {s['lost']}, doubled "
                                     f"{s['doubled']}; recovery {rec}",
                         "target": "lost 0, doubled 0", "met": s["exact"]})
+    cli = _load("cli-startup.json")
+    if cli:
+        by_case = {r["case"]: r["cpu_s_median"] for r in cli["results"]}
+        help_cpu = by_case["apim-analytics --help"]
+        out.append({"measure": "CLI start-up (apim-analytics --help, CPU of the whole process)", "date": cli["date"],
+                    "measured": f"{help_cpu:.3f} CPU-s (bare interpreter {by_case['baseline: python -c pass']:.3f}; "
+                                f"an argument error {by_case['argument error (unknown subcommand)']:.3f})",
+                    "target": f"< {cli['target_help_cpu_s']} CPU-s", "met": help_cpu < cli["target_help_cpu_s"]})
     return out
 
 
