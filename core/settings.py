@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import ipaddress
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -241,12 +243,24 @@ def describe(cls: type[Any], section: str) -> list[dict[str, str]]:
     return rows
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?")
+
+
 def parse_host_port(name: str, value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` too), naming the setting when it is malformed."""
-    host, sep, port = value.rpartition(":")
+    """Split a listen or connect address ``HOST:PORT`` (``[v6]:PORT`` too), naming the setting when it is
+    malformed: the host must be an IP address or a DNS name, the port 0-65535 (0: any free port)."""
+    host, sep, port = value.strip().rpartition(":")
     if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
         raise SettingsError(f"{name}: expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if bracketed or not _HOSTNAME.fullmatch(host):
+                raise SettingsError(f"{name}: {host!r} in {value!r} is neither an IP address nor a host name") from None
+    return host or "0.0.0.0", int(port)
 
 
 def utc_timestamp(value: str | None, flag: str) -> dt.datetime | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.settings import SettingsError, setting
+from core.settings import SettingsError, parse_host_port, setting
 from store.settings import DEFAULT_STORE_URL, STORE_URL_ENV, STORE_URL_KEY
 
 
@@ -72,3 +72,5 @@ class PipelineSettings:
             raise SettingsError("--max-resources-per-api must be 0 (no cap) or more")
         if not 0 < self.near_limit_ratio <= 1:
             raise SettingsError("--near-limit-ratio must be in (0, 1]")
+        if self.metrics_listen:
+            parse_host_port("--metrics-listen", self.metrics_listen)

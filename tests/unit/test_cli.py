@@ -66,3 +66,21 @@ def test_subscriptions_load_names_a_bad_file(tmp_path, capsys: pytest.CaptureFix
     bad.write_text("application_id\napp-1\n")
     assert main(["subscriptions", "load", str(bad), "--store", f"sqlite:///{tmp_path / 's.db'}"]) == 2
     assert "subs.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["collector", "serve", "--listen"], "--listen"),
+    (["collector", "serve", "--metrics-listen"], "--metrics-listen"),
+    (["pipeline", "run", "--once", "--metrics-listen"], "--metrics-listen"),
+    (["dashboard", "serve", "--listen"], "--listen"),
+])
+@pytest.mark.parametrize(("value", "reason"), [
+    ("no-port-here", "expected HOST:PORT, got 'no-port-here'"),
+    ("127.0.0.1:70000", "expected HOST:PORT, got '127.0.0.1:70000'"),
+    ("bad host:80", "'bad host' in 'bad host:80' is neither an IP address nor a host name"),
+    ("[not-v6]:80", "'not-v6' in '[not-v6]:80' is neither an IP address nor a host name"),
+])
+def test_every_listen_address_is_validated(argv: list[str], flag: str, value: str, reason: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, value]) == 2
+    assert capsys.readouterr().err == f"apim-analytics: {flag}: {reason}\n"
