@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv services services-stop services-status browser demo test test-unit bench codegen clean
+.PHONY: venv services services-stop services-status browser demo lint test test-unit bench codegen clean
 
 venv: $(STAMP)
 
@@ -33,7 +33,13 @@ browser:
 demo: services
 	$(VENV)/bin/apim-analytics demo
 
-test: services browser
+# ruff (lint and import order) and mypy, both configured in pyproject.toml; either
+# failing fails `make test` before any test runs.
+lint: venv
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy
+
+test: lint services browser
 	$(VPY) -m pytest
 
 test-unit: venv
