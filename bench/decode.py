@@ -14,7 +14,7 @@ import argparse
 import time
 
 from pipeline.decode import AGGREGATED_COLUMNS, ChunkBuilder, CompiledChunkBuilder
-from simulator.feed import simulated_calls
+from bench.feed import simulated_calls
 
 
 def records(seed: int = 5, rate: float = 2000, duration_s: float = 60, partitions: int = 6) -> list[bytes]:

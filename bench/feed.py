@@ -5,6 +5,10 @@ runs the simulator's traffic through the collector's own code path in
 process (Mixer request bytes -> compiled decoder -> mapping with credential
 resolution -> columnar records per partition), so the records are exactly
 what a collector would publish, and returns the ground truth with them.
+
+It lives in bench/, the top layer, because it imports both the simulator and
+the collector's internals (the simulator must not import the collector);
+the pipeline tests import it from here.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from pipeline.job import run
 from pipeline.settings import PipelineSettings
 from schemas.apim.usage.v1.usage_event_columns_pb2 import UsageEventColumns
 from core.record_format import USAGE_RECORD_SCHEMA
-from simulator.feed import simulated_events
+from bench.feed import simulated_events
 from store.tables import USAGE_DIMENSIONS
 
 HOUR_MS = 3_600_000

@@ -23,6 +23,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from collector.errors import MalformedCall  # raised here; defined with the collector's other errors
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
 from schemas.policy.v1beta1 import type_pb2
 
@@ -38,10 +39,6 @@ Instance = tuple[str, Any, dict[str, Any], int, int]
 Decoded = tuple[str, bytes | None, list[Instance]]
 
 COMPILED = _wire is not None
-
-
-class MalformedCall(ValueError):
-    """The bytes are not a HandleMetricRequest (or hold invalid UTF-8)."""
 
 
 def value_to_native(value: type_pb2.Value) -> Any:

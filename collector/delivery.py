@@ -29,8 +29,10 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from collector.errors import RecordRejected
 from collector.publisher import KafkaPublisher, Record
 from collector.spool import Spool
+from core.errors import ApimError
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,7 @@ SET_ASIDE = Counter("apim_collector_records_set_aside_total",
                     "spooled records Kafka refuses for good (too large), kept in <spool>/rejected")
 MODE = Gauge("apim_collector_spooling", "1 while records go to the spool instead of Kafka")
 
-_HEAD = struct.Struct(">HiHH")
-
-
-def _never_accepted(exc: BaseException) -> bool:
-    """Errors no retry can fix: the record itself is unacceptable to this cluster."""
-    name = type(exc).__name__
-    text = str(exc)
-    return name in ("MessageSizeTooLargeError", "RecordTooLargeError") or "MSG_SIZE_TOO_LARGE" in text \
-        or "RecordTooLarge" in text or "MessageSizeTooLarge" in text  # topic len, partition (-1: none), key len, schema len
+_HEAD = struct.Struct(">HiHH")  # topic len, partition (-1: none), key len, schema len
 
 
 def encode_record(r: Record) -> bytes:
@@ -122,11 +116,15 @@ class SafeDelivery:
                 await self.publisher.send(records, self.ack_timeout_s)
                 PRODUCE_SECONDS.observe(time.perf_counter() - started)
                 return "kafka"
-            except Exception as exc:  # noqa: BLE001 - any failure: fall back to the spool
+            except ApimError as exc:  # Kafka away, slow or refusing (the publisher translated it)
                 log.warning("Kafka did not acknowledge; spooling", extra={"records": len(records),
-                                                                          "error": repr(exc)[:200]})
-                if not _never_accepted(exc):
+                                                                          "error": exc.one_line()[:300]})
+                if not isinstance(exc, RecordRejected):  # a new producer cannot send a rejected record either
                     self._reset_soon()
+            except Exception as exc:  # noqa: BLE001 - not a Kafka error but a defect in the send path; the
+                # call's records must still be made safe (the no-loss guarantee), so they go to the spool too
+                log.exception("sending to Kafka failed unexpectedly; spooling", extra={"records": len(records)})
+                self._reset_soon()
         await self.spool.append([encode_record(r) for r in records])
         SPOOLED.inc(len(records))
         self._update_gauges()
@@ -147,9 +145,15 @@ class SafeDelivery:
                     if self._resetting is not None:
                         await self._resetting
                     await self.publisher.ensure()
-                except Exception as exc:  # noqa: BLE001 - Kafka still away: try again later
-                    log.info("waiting for Kafka", extra={"error": repr(exc)[:200],
-                                                         "records": self.spool.depth_entries})
+                except ApimError as exc:  # Kafka still away (or refusing the client): try again later
+                    log_at = log.info if exc.retriable else log.error
+                    log_at("waiting for Kafka", extra={"error": exc.one_line()[:300],
+                                                       "records": self.spool.depth_entries})
+                    await asyncio.sleep(self.retry_backoff_s)
+                    continue
+                except Exception:  # noqa: BLE001 - a defect: logged with its traceback, but this task must
+                    # not end, or the spooled records (acknowledged to Mixer) would never reach Kafka
+                    log.exception("building a producer failed unexpectedly; trying again")
                     await asyncio.sleep(self.retry_backoff_s)
                     continue
                 entries = await self.spool.read(self.drain_batch, self.drain_bytes)
@@ -157,12 +161,20 @@ class SafeDelivery:
                     break
                 try:
                     await self.publisher.send([decode_record(data) for _, data in entries], self.drain_timeout_s)
-                except Exception as exc:  # noqa: BLE001 - Kafka still away: try again later
-                    if _never_accepted(exc):
-                        await self._set_aside(entries, exc)
-                        continue
-                    log.info("spool drain waiting for Kafka", extra={"error": repr(exc)[:200],
-                                                                     "records": self.spool.depth_entries})
+                except RecordRejected as exc:  # never sendable: must not block the spool
+                    await self._set_aside(entries, exc)
+                    continue
+                except ApimError as exc:  # Kafka still away (or refusing): try again later, keeping the records
+                    log_at = log.info if exc.retriable else log.error
+                    log_at("spool drain waiting for Kafka", extra={"error": exc.one_line()[:300],
+                                                                   "records": self.spool.depth_entries})
+                    await self._reset_quietly()
+                    await asyncio.sleep(self.retry_backoff_s)
+                    continue
+                except Exception:  # noqa: BLE001 - a defect: logged with its traceback; the records stay
+                    # in the spool and the drain goes on (ending this task would strand them)
+                    log.exception("spool drain failed unexpectedly; trying again",
+                                  extra={"records": self.spool.depth_entries})
                     await self._reset_quietly()
                     await asyncio.sleep(self.retry_backoff_s)
                     continue
@@ -178,7 +190,7 @@ class SafeDelivery:
         except Exception as exc:  # noqa: BLE001 - a producer that will not close is dropped anyway
             log.warning("closing the old producer failed", extra={"error": repr(exc)[:200]})
 
-    async def _set_aside(self, entries: list, exc: BaseException) -> None:  # type: ignore[type-arg]
+    async def _set_aside(self, entries: list, exc: RecordRejected) -> None:  # type: ignore[type-arg]
         """Records Kafka will never accept (too large for the broker) must not block the
         spool forever: they are moved to ``<spool>/rejected/`` for an operator, counted
         and logged as errors, and the drain goes on."""
@@ -189,7 +201,7 @@ class SafeDelivery:
         await self.spool.ack(entries[-1][0])
         SET_ASIDE.inc(len(entries))
         log.error("Kafka refuses these records for good; set aside for an operator",
-                  extra={"records": len(entries), "folder": str(folder), "error": repr(exc)[:300]})
+                  extra={"records": len(entries), "folder": str(folder), "error": exc.one_line()[:300]})
         self._update_gauges()
 
     def _update_gauges(self) -> None:

@@ -37,6 +37,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from core.settings import SettingsError
 from collector.credentials import Caller, CredentialResolver, credential_hash
 from collector.decode import Decoded, Instance
+from collector.errors import InstanceRejected
 from collector.values import ValueKindError, as_bool, as_duration_ms, as_int, as_text, as_timestamp_ms
 from schemas.apim.usage.v1 import usage_event_pb2 as pb
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
@@ -61,14 +62,6 @@ class RejectCode:
     STRING_TOO_LONG = "STRING_TOO_LONG"
     TIMESTAMP_OUT_OF_RANGE = "TIMESTAMP_OUT_OF_RANGE"
     MISSING_API = "MISSING_API"
-
-
-class InstanceRejected(ValueError):
-    """One instance cannot become an event; the reason goes to the dead-letter topic."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
 
 
 def short_name(instance_name: str) -> str:

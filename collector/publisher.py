@@ -7,6 +7,12 @@ replayed call, so consumers can recognise one), and the partition is chosen
 explicitly from the application (see collector.columns), which keeps each
 application's events in order on one partition and spreads applications over
 all partitions. Headers name the schema and the source.
+
+Kafka's errors enter the collector here and leave as ours (see :meth:`KafkaPublisher.translate`):
+:class:`~collector.errors.RecordRejected` when the cluster will never take the record,
+:class:`~collector.errors.KafkaUnavailable` (retriable) when Kafka is away or slow, and
+:class:`~core.kafka_errors.KafkaRefused` for a refusal a retry will not fix. Classification reads
+the clients' error types and codes, never their message text.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from collector.errors import KafkaUnavailable, RecordRejected
+from core.errors import ApimError
+from core.kafka_errors import KAFKA_HINT, kafka_place, kafka_reason, record_too_large, translate_kafka
 from core.record_format import DEAD_LETTER_SCHEMA, USAGE_RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -52,10 +61,6 @@ class ProducerSettings:
     max_request_size: int = 16 << 20
     client_id: str = "apim-collector"
     source: str = "mixer-metric-adapter"
-
-
-class KafkaUnavailable(RuntimeError):
-    """No producer is connected right now (Kafka was unreachable when one was last built)."""
 
 
 class KafkaPublisher:
@@ -102,10 +107,37 @@ class KafkaPublisher:
         s = self.settings
         return max(s.delivery_timeout_ms, s.request_timeout_ms + s.linger_ms) / 1000.0
 
+    def translate(self, exc: BaseException, doing: str = "sending to") -> ApimError:
+        """Our error for what the Kafka client raised or reported (returned, for ``raise ... from``).
+
+        A record too large for the producer or the broker (by error type or code) becomes
+        :class:`RecordRejected`, not retriable: no retry or new producer can send it. Anything
+        else Kafka-side follows the client's own retriable flag (``core.kafka_errors``).
+        """
+        if isinstance(exc, ApimError):
+            return exc
+        place = kafka_place(self.settings.bootstrap)
+        if record_too_large(exc):
+            return RecordRejected(f"{place} refuses the record for good: {kafka_reason(exc)}",
+                                  hint="raise the topic's max.message.bytes (and the collector's "
+                                       "--kafka-max-record-bytes) or send smaller batches")
+        translated = translate_kafka(exc, bootstrap=self.settings.bootstrap, doing=doing)
+        if translated.retriable:
+            return KafkaUnavailable(str(translated), hint=translated.hint)
+        return translated
+
     def connect(self) -> None:
-        """Build the producer (blocking; raises when Kafka does not answer)."""
+        """Build the producer (blocking).
+
+        Raises:
+            KafkaUnavailable: Kafka does not answer (retriable).
+            core.kafka_errors.KafkaRefused: Kafka refuses the client (configuration, authorization).
+        """
         if self._producer is None:
-            self._producer = self._build()
+            try:
+                self._producer = self._build()
+            except Exception as exc:  # noqa: BLE001 - translated: the clients raise their own types and OSError
+                raise self.translate(exc, doing="connecting to") from exc
 
     async def ensure(self) -> None:
         """Build the producer if there is none, off the event loop."""
@@ -122,29 +154,38 @@ class KafkaPublisher:
         """Write ``records`` and wait until Kafka acknowledged every one of them.
 
         Raises:
-            KafkaUnavailable: no producer is connected.
-            Exception: any record not acknowledged in time.
+            KafkaUnavailable: no producer is connected, Kafka is away, or a record was not
+                acknowledged within ``timeout_s`` (retriable).
+            RecordRejected: a record Kafka will never accept (too large).
+            core.kafka_errors.KafkaRefused: Kafka refused for another reason a retry will not fix.
         """
         if not records:
             return
         producer = self._producer
         if producer is None:
-            raise KafkaUnavailable("no Kafka producer connected")
+            raise KafkaUnavailable(f"no producer connected to {kafka_place(self.settings.bootstrap)}",
+                                   hint=KAFKA_HINT)
         loop = asyncio.get_running_loop()
-        waiters = []
-        for r in records:
-            fut: asyncio.Future[None] = loop.create_future()
-            self._submit(producer, r, fut, loop)
-            waiters.append(fut)
+        waiters: list[asyncio.Future[None]] = []
         try:
+            for r in records:
+                fut: asyncio.Future[None] = loop.create_future()
+                waiters.append(fut)
+                self._submit(producer, r, fut, loop)  # kafka-python raises here for a too-large record
             await asyncio.wait_for(asyncio.gather(*waiters), timeout_s)
-        except BaseException:
+        except BaseException as exc:
             for w in waiters:  # nobody will look at the others now
                 if not w.done():
                     w.cancel()
                 elif not w.cancelled():
                     w.exception()
-            raise
+            if isinstance(exc, TimeoutError):  # asyncio.wait_for's own: no acknowledgement in time
+                raise KafkaUnavailable(f"{kafka_place(self.settings.bootstrap)} did not acknowledge "
+                                       f"{len(records)} records within {timeout_s:g}s", hint=KAFKA_HINT) from exc
+            if isinstance(exc, Exception) and not isinstance(exc, ApimError):
+                # what the client raised in send() or reported for a record (its delivery callback)
+                raise self.translate(exc) from exc
+            raise  # ours already, or cancellation
 
     def _submit(self, producer: Any, r: Record, fut: asyncio.Future[None],
                 loop: asyncio.AbstractEventLoop) -> None:
@@ -216,8 +257,12 @@ class ConfluentPublisher(KafkaPublisher):
 
     def _submit(self, producer: Any, r: Record, fut: asyncio.Future[None],
                 loop: asyncio.AbstractEventLoop) -> None:
+        from confluent_kafka import KafkaException
+
         def report(err, _msg) -> None:  # type: ignore[no-untyped-def]
-            loop.call_soon_threadsafe(_resolve, fut, None if err is None else RuntimeError(str(err)))
+            # the KafkaError itself travels (wrapped as the client raises it), so send() can
+            # translate it by its code; see translate()
+            loop.call_soon_threadsafe(_resolve, fut, None if err is None else KafkaException(err))
 
         kwargs = {} if r.partition is None else {"partition": r.partition}
         producer.produce(r.topic, value=r.value, key=r.key, headers=[("schema", r.schema), ("source", self._source)],

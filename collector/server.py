@@ -50,6 +50,7 @@ from collector.mapping import InstanceMapper, Limits, MappedCall, Privacy, load_
 from collector.publisher import KafkaPublisher, ProducerSettings, Record, make_publisher
 from collector.settings import CollectorSettings
 from collector.spool import Spool, SpoolFull
+from core.errors import ApimError
 from core.record_format import DEAD_LETTER_SCHEMA
 from core.topics import ensure_topic
 from schemas.apim.usage.v1 import dead_letter_pb2
@@ -286,10 +287,10 @@ class Collector:
             partitions = await loop.run_in_executor(None, ensure_topic, s.kafka, s.topic, s.topic_partitions, 1,
                                                     10.0)
             await loop.run_in_executor(None, ensure_topic, s.kafka, s.dead_letter_topic, 1, 1, 10.0)
-        except Exception as exc:  # noqa: BLE001 - serve anyway: calls go to the spool until Kafka answers
+        except ApimError as exc:  # ensure_topic's translated Kafka errors: serve anyway, calls go to the spool
             partitions = s.topic_partitions
             log.warning("Kafka unreachable at start; serving with the spool", extra={
-                "kafka": s.kafka, "partitions_assumed": partitions, "error": repr(exc)[:300]})
+                "kafka": s.kafka, "partitions_assumed": partitions, "error": exc.one_line()[:300]})
         mappings = load_mappings(s.mapping or None)
         self.resolver = build_resolver(s)
         self.publisher = make_publisher(s.kafka_client, ProducerSettings(
@@ -300,8 +301,8 @@ class Collector:
         ))
         try:
             await loop.run_in_executor(None, self.publisher.connect)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("Kafka producer not connected yet", extra={"error": repr(exc)[:300]})
+        except ApimError as exc:  # translated by the publisher; the drainer connects when Kafka answers
+            log.warning("Kafka producer not connected yet", extra={"error": exc.one_line()[:300]})
         spool = Spool.open(Path(s.spool_dir), max_bytes=int(s.spool_max_mb * (1 << 20)))
         self.delivery = SafeDelivery(self.publisher, spool, ack_timeout_s=s.ack_timeout_s,
                                      drain_timeout_s=s.spool_drain_timeout_s)

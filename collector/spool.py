@@ -100,6 +100,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from collector.errors import SpoolCorrupt, SpoolFull  # raised here; defined with the collector's other errors
+
 log = logging.getLogger(__name__)
 
 FRAME_MAGIC = b"\xa7SP1"
@@ -118,33 +120,6 @@ POSITION_TEMP = "read.pos.tmp"
 SEGMENT_SUFFIX = ".seg"
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 _MIN_IO_BUFFER = 64 << 10
-
-
-class SpoolFull(Exception):
-    """The entries do not fit under ``max_bytes``; nothing was written.
-
-    The server answers the call UNAVAILABLE, so Mixer retries later instead of
-    the events being dropped.
-
-    Attributes:
-        depth_bytes: bytes already held (unacknowledged, framing included).
-        requested_bytes: bytes the refused append needed (framing included).
-        max_bytes: the spool's limit.
-    """
-
-    def __init__(self, message: str, *, depth_bytes: int, requested_bytes: int, max_bytes: int) -> None:
-        super().__init__(message)
-        self.depth_bytes = depth_bytes
-        self.requested_bytes = requested_bytes
-        self.max_bytes = max_bytes
-
-
-class SpoolCorrupt(Exception):
-    """Damage that is not a torn tail: durable, acknowledged-to-the-caller data is unreadable.
-
-    Raised instead of silently skipping entries, because skipping would lose
-    events that Mixer was told were safe. The message names the file and offset.
-    """
 
 
 @dataclass(frozen=True, order=True)

@@ -15,9 +15,7 @@ import math
 import socket
 from typing import Any
 
-
-class ValueKindError(ValueError):
-    """A Value does not hold a kind the field can use."""
+from collector.errors import ValueKindError  # raised here; defined with the collector's other errors
 
 
 def kind_name(x: Any) -> str:

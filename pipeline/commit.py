@@ -14,8 +14,10 @@ The commit protocol, in this order, all inside ONE database transaction:
    not counted again by a later run.
 5. Move every partition's offset to the run's planned end, and log the run in
    ``pipeline_runs``.
-6. Commit. Only then, outside the transaction, an advisory Kafka commit for
-   lag dashboards (the store's offsets always win on restart).
+6. Commit. Only then, outside the transaction, an advisory Kafka commit:
+   the store's offsets are copied to the consumer group ``--consumer-group``
+   for lag tools (pipeline.group_offsets; job.CommitRun calls it). It is never
+   read back, and a failure is only logged: the store's offsets are the truth.
 
 A crash before step 6 leaves the store as it was, so the rerun reads the same
 ranges again; a crash after it finds the offsets moved and reads on from there.
@@ -34,16 +36,13 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, delete, select
 
 from pipeline.aggregate import RunFacts
+from pipeline.errors import ConcurrentRunError
 from pipeline.kafka_source import OffsetRange
 from store import tables as t
 from store.throttle import ThrottleCount, apply_counts
 from store.upsert import merge_columns, merge_upsert, replace_upsert
 
 log = logging.getLogger(__name__)
-
-
-class ConcurrentRunError(RuntimeError):
-    """Another pipeline run moved the offsets since this run was planned; it must not commit."""
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,14 @@ from typing import NamedTuple
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from pipeline.errors import PoisonRecord  # raised here (and by pipeline._columns); defined with the pipeline's errors
+
 from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
 
 log = logging.getLogger(__name__)
 
 STRING, INT, DOUBLE, BOOL, INT32 = 0, 1, 2, 3, 4  # INT32: int32/enum on the wire, int64 in the chunk
 MAX_EVENTS_PER_RECORD = 1_000_000
-
-
-class PoisonRecord(ValueError):
-    """A record that cannot be counted: wrong schema, undecodable, or inconsistent columns."""
 
 
 class ColumnSpec(NamedTuple):

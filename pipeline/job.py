@@ -6,6 +6,11 @@ in one store transaction. ``--once`` works off the backlog present at start in
 bounded steps (``--max-records-per-run``) and exits; ``--follow`` keeps
 planning new runs until SIGTERM/SIGINT, finishing the run in progress.
 
+A failed run is planned again only when its error says it may succeed later
+(``retriable``: a broker or database away, another run got there first); any
+other error stops the job. Kafka's errors are translated where the clients
+are called (here and in pipeline.kafka_source), the store's by its engines.
+
 The graph uses only standard transforms and PipelineOptions, so the same job
 runs on Flink or Dataflow (``--runner``); locally it runs on Beam's in-process
 FnApiRunner with no Java.
@@ -24,13 +29,16 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 from sqlalchemy import Engine
 
+from core.errors import ApimError
+from core.kafka_errors import translate_kafka
 from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
 from pipeline import metrics
-from pipeline.kafka_source import (DeadRecord, OffsetRange, ReadResult, ReadUsageEvents, pool_readers, share_budget,
-                                   waiting_ranges)
+from pipeline.kafka_source import (BOOTSTRAP_TIMEOUT_MS, DeadRecord, OffsetRange, ReadResult, ReadUsageEvents,
+                                   pool_readers, share_budget, waiting_ranges)
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
 from store.retention import RetentionSettings, purge
@@ -104,8 +112,22 @@ class DeadLetters:
         self._producer = None
 
     def publish(self, dead: Sequence[DeadRecord]) -> None:
+        """Copy ``dead`` to the topic and wait for Kafka's acknowledgement of every copy.
+
+        Raises:
+            core.kafka_errors.KafkaUnavailable: Kafka away or slow (retriable: the run is planned
+                again, and its dead records copied again).
+            core.kafka_errors.KafkaRefused: Kafka refuses the topic or a copy.
+        """
         if not dead or not self.topic:
             return
+        try:
+            self._publish(dead)
+        except (KafkaError, OSError) as exc:
+            raise translate_kafka(exc, bootstrap=self.bootstrap, topic=self.topic,
+                                  doing="copying dead letters to") from exc
+
+    def _publish(self, dead: Sequence[DeadRecord]) -> None:
         from core.record_format import DEAD_LETTER_SCHEMA
         from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
 
@@ -116,16 +138,20 @@ class DeadLetters:
 
             ensure_topic(self.bootstrap, self.topic, partitions=1)
             self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                           client_id="apim-pipeline-dead-letters", max_request_size=16 << 20)
+                                           client_id="apim-pipeline-dead-letters", max_request_size=16 << 20,
+                                           bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
         now_ms = int(time.time() * 1000)
+        sent = []
         for d in dead:
-            code = "UNKNOWN_SCHEMA" if d.reason.startswith("unknown schema") else "UNDECODABLE_RECORD"
-            letter = DeadLetter(reason=d.reason, reason_code=code, stage="pipeline", rejected_timestamp_ms=now_ms,
+            letter = DeadLetter(reason=d.reason, reason_code=d.code, stage="pipeline", rejected_timestamp_ms=now_ms,
                                 topic=d.topic, partition=d.partition, offset=d.offset, record_value=d.value or b"")
-            self._producer.send(self.topic, value=letter.SerializeToString(),
-                                key=f"{d.topic}/{d.partition}/{d.offset}".encode(),
-                                headers=[("schema", DEAD_LETTER_SCHEMA)])
+            sent.append(self._producer.send(self.topic, value=letter.SerializeToString(),
+                                            key=f"{d.topic}/{d.partition}/{d.offset}".encode(),
+                                            headers=[("schema", DEAD_LETTER_SCHEMA)]))
         self._producer.flush(timeout=30)
+        for future in sent:  # flush() does not raise for a copy Kafka refused; its future holds the error
+            if future.failed():
+                raise future.exception
 
     def close(self) -> None:
         if self._producer is not None:
@@ -248,8 +274,11 @@ class _Planner:
         kept = cls._kept.pop((settings.kafka, settings.store), None)
         if kept is not None:
             return kept
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False, group_id=None,
-                                 client_id="apim-pipeline-planner")
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False, group_id=None,
+                                     client_id="apim-pipeline-planner", bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+        except (KafkaError, OSError) as exc:
+            raise translate_kafka(exc, bootstrap=settings.kafka, topic=settings.topic, doing="connecting to") from exc
         return consumer, make_engine(settings.store, readonly=True)
 
     @classmethod
@@ -268,7 +297,12 @@ def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> 
     consumer, engine = _Planner.take(settings)
     healthy = False
     try:
-        waiting = waiting_ranges(consumer, settings.topic, stored_offsets(engine, settings.topic))
+        stored = stored_offsets(engine, settings.topic)
+        try:
+            waiting = waiting_ranges(consumer, settings.topic, stored)
+        except (KafkaError, OSError) as exc:
+            raise translate_kafka(exc, bootstrap=settings.kafka, topic=settings.topic,
+                                  doing="reading offsets from") from exc
         metrics.BACKLOG.set(sum(end - start for start, end in waiting.values()))
         plan = share_budget(settings.topic, waiting, settings.max_records_per_run)
         admitted = admitted_resources(engine) if plan else {}
@@ -279,8 +313,15 @@ def run_once(settings: PipelineSettings, beam_args: list[str] | None = None) -> 
         return None
     started = time.perf_counter()
     options = _options(tuple(beam_args or ()))
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, settings, plan, admitted)
+    try:
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, settings, plan, admitted)
+    except Exception as exc:
+        original = runner_error(exc)
+        if original is None or original is exc:
+            raise
+        # Beam's copy of our error lost its hint and gained "[while running ...]": raise ours instead
+        raise original from original.__cause__
     run = _committed(settings, plan, time.perf_counter() - started)
     log.info("run committed", extra={"ranges": run.ranges, "records": run.records, "events": run.events,
                                      "duplicates": run.duplicates, "undecodable": run.undecodable,
@@ -364,21 +405,57 @@ def _observed_run(settings: PipelineSettings, beam_args: list[str] | None, healt
 
 
 ONCE_ATTEMPTS = 3
+#: Once mode's first backoff (doubled after each attempt): a person or a script is waiting.
+ONCE_BACKOFF_S = 0.5
+
+
+def runner_error(exc: BaseException) -> ApimError | None:
+    """Our error behind ``exc``, or ``None`` when there is none (a defect, or a library's error).
+
+    Beam's runners re-raise an error from a DoFn as a new instance of the same type with
+    " [while running 'Step']" added to its message (``apache_beam.runners.common``
+    ``_reraise_augmented``, which marks it ``_tagged_with_step``), chained to the original
+    by ``__context__``; a type whose constructor does not take that form (keyword
+    arguments) comes back as a RuntimeError instead. So: follow Beam's marked copies back
+    to the original, and explicit ``raise ... from`` chains; nothing else (an error raised
+    while handling another is not that other one).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tagged = getattr(current, "_tagged_with_step", False)
+        if isinstance(current, ApimError) and not (tagged and current.__context__ is not None):
+            return current
+        current = (current.__cause__ or current.__context__) if tagged else current.__cause__
+    return None
 
 
 def _with_retries(step, settings: PipelineSettings, stop: threading.Event, what: str):  # type: ignore[no-untyped-def]
-    """Run ``step`` until it succeeds (follow mode) or ONCE_ATTEMPTS times (once mode), backing off."""
+    """Run ``step``; retry it after a backoff only when its error is retriable (forever in follow
+    mode, ONCE_ATTEMPTS attempts in all in once mode). Any other error is logged and raised: it is
+    a defect or needs a person (bad input, a store not migrated), and retrying would hide it."""
     attempt = 0
     while True:
         attempt += 1
         try:
             return step()
-        except Exception as exc:  # noqa: BLE001 - nothing was committed; the run is planned again
+        except Exception as exc:
+            ours = runner_error(exc)
+            if ours is None:
+                log.error(f"{what} failed with an unexpected error; stopping", exc_info=exc)
+                raise
+            if not ours.retriable:
+                log.error(f"{what} failed; not retriable, stopping", extra={"error": ours.one_line()[:500]})
+                raise
             if (not settings.follow and attempt >= ONCE_ATTEMPTS) or stop.is_set():
                 raise
-            delay = min(30.0, settings.interval_s * 2 ** min(attempt, 4))
+            if settings.follow:
+                delay = min(30.0, settings.interval_s * 2 ** min(attempt, 4))
+            else:
+                delay = ONCE_BACKOFF_S * 2 ** (attempt - 1)
             log.error(f"{what} failed; retrying", extra={"attempt": attempt, "retry_in_s": delay,
-                                                         "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                                                         "error": ours.one_line()[:500]})
             if stop.wait(delay):
                 return None
 

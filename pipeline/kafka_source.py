@@ -7,6 +7,10 @@ and :class:`ReadUsageEvents` reads one ``[start, end)`` range per element with
 kafka-python, decodes the records into numpy chunks (pipeline/decode.py) and
 emits each chunk pre-aggregated (pipeline/aggregate.py): a Beam element is a
 few small frames, never an event.
+
+The Kafka clients' errors are translated where they are called (constructing a
+consumer, fetching) into :mod:`core.kafka_errors` types naming the bootstrap
+servers and the topic; :class:`~core.kafka_errors.KafkaUnavailable` is retriable.
 """
 
 from __future__ import annotations
@@ -22,12 +26,19 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
-from pipeline.aggregate import Partial, aggregate_chunk
-from pipeline.decode import Chunk, PoisonRecord, new_builder
+from core.kafka_errors import KAFKA_HINT, KafkaUnavailable, kafka_place, translate_kafka
 from core.record_format import USAGE_RECORD_SCHEMA
+from pipeline.aggregate import Partial, aggregate_chunk
+from pipeline.decode import Chunk, new_builder
+from pipeline.errors import DeadLetterCode, PoisonRecord
 
 log = logging.getLogger(__name__)
+
+#: How long a new kafka-python client tries to reach a bootstrap server (its default is 30 s):
+#: an unreachable broker fails a run in seconds, and the run is retried (pipeline.job).
+BOOTSTRAP_TIMEOUT_MS = 2500
 
 
 @dataclass(frozen=True, order=True)
@@ -86,7 +97,8 @@ def plan_ranges(consumer: KafkaConsumer, topic: str, stored: Mapping[int, int], 
 
 
 class DeadRecord(NamedTuple):
-    """A record that cannot be counted, with where it was and why."""
+    """A record that cannot be counted, with where it was and why (``code``: a
+    :class:`~pipeline.errors.DeadLetterCode`, set where the poison was found)."""
 
     topic: str
     partition: int
@@ -94,6 +106,7 @@ class DeadRecord(NamedTuple):
     reason: str
     key: bytes | None
     value: bytes | None
+    code: str = DeadLetterCode.UNDECODABLE_RECORD
 
 
 class SourceRecord(NamedTuple):
@@ -107,30 +120,45 @@ class KafkaPythonRanges:
     """Reads ``[start, end)`` of one partition with kafka-python (the default: pure Python, no native code)."""
 
     def __init__(self, bootstrap: str, poll_timeout_ms: int = 1000, max_idle_polls: int = 30) -> None:
+        self.bootstrap = bootstrap
         self.poll_timeout_ms = poll_timeout_ms
         self.max_idle_polls = max_idle_polls
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                       auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
-                                       fetch_max_bytes=64 << 20, client_id="apim-pipeline-reader")
+        try:
+            self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                           auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
+                                           fetch_max_bytes=64 << 20, client_id="apim-pipeline-reader",
+                                           bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+        except (KafkaError, OSError) as exc:
+            raise translate_kafka(exc, bootstrap=bootstrap, doing="connecting to") from exc
 
     def read(self, rng: OffsetRange) -> Iterator[list]:  # of ConsumerRecord, which has SourceRecord's fields
+        """The range's records, in batches.
+
+        Raises:
+            KafkaUnavailable: Kafka is away, or the range's records do not arrive (retriable).
+            core.kafka_errors.KafkaRefused: Kafka refuses the fetch (authorization, ...).
+        """
         consumer = self._consumer
         tp = TopicPartition(rng.topic, rng.partition)
-        consumer.assign([tp])
-        consumer.seek(tp, rng.start)
-        idle = 0
-        while consumer.position(tp) < rng.end:
-            records = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=20_000).get(tp, [])
-            if not records:
-                idle += 1
-                if idle > self.max_idle_polls:
-                    raise RuntimeError(f"no records from {rng} at offset {consumer.position(tp)} "
-                                       f"after {idle} polls; is the broker up?")
-                time.sleep(0.01)
-                continue
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, rng.start)
             idle = 0
-            # kafka-python's ConsumerRecords have the SourceRecord fields: passed through, not copied
-            yield records if records[-1].offset < rng.end else [r for r in records if r.offset < rng.end]
+            while consumer.position(tp) < rng.end:
+                records = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=20_000).get(tp, [])
+                if not records:
+                    idle += 1
+                    if idle > self.max_idle_polls:
+                        raise KafkaUnavailable(f"{kafka_place(self.bootstrap, rng.topic)}: no records from "
+                                               f"partition {rng.partition} at offset {consumer.position(tp)} "
+                                               f"after {idle} polls (range ends at {rng.end})", hint=KAFKA_HINT)
+                    time.sleep(0.01)
+                    continue
+                idle = 0
+                # kafka-python's ConsumerRecords have the SourceRecord fields: passed through, not copied
+                yield records if records[-1].offset < rng.end else [r for r in records if r.offset < rng.end]
+        except (KafkaError, OSError) as exc:
+            raise translate_kafka(exc, bootstrap=self.bootstrap, topic=rng.topic, doing="reading from") from exc
 
     def close(self) -> None:
         self._consumer.close()
@@ -140,40 +168,49 @@ class ConfluentRanges:
     """Reads ``[start, end)`` with confluent-kafka (librdkafka): optional, much less CPU per record."""
 
     def __init__(self, bootstrap: str, poll_timeout_ms: int = 1000, max_idle_polls: int = 30) -> None:
-        from confluent_kafka import Consumer
+        from confluent_kafka import Consumer, KafkaException
 
+        self.bootstrap = bootstrap
         self.poll_timeout_s = poll_timeout_ms / 1000
         self.max_idle_polls = max_idle_polls
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "apim-pipeline-reader",
-                                   "enable.auto.commit": False, "enable.partition.eof": False,
-                                   "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20,
-                                   "client.id": "apim-pipeline-reader"})
+        try:
+            self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "apim-pipeline-reader",
+                                       "enable.auto.commit": False, "enable.partition.eof": False,
+                                       "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20,
+                                       "client.id": "apim-pipeline-reader"})
+        except KafkaException as exc:
+            raise translate_kafka(exc, bootstrap=bootstrap, doing="connecting to") from exc
 
     def read(self, rng: OffsetRange) -> Iterator[list[SourceRecord]]:
+        """The range's records, in batches (raises like :meth:`KafkaPythonRanges.read`)."""
+        from confluent_kafka import KafkaException
         from confluent_kafka import TopicPartition as CTopicPartition
 
-        self._consumer.assign([CTopicPartition(rng.topic, rng.partition, rng.start)])
         position, idle = rng.start, 0
         try:
+            self._consumer.assign([CTopicPartition(rng.topic, rng.partition, rng.start)])
             while position < rng.end:
                 # never ask for more than the range holds: consume() waits for the full count or the timeout
                 messages = self._consumer.consume(num_messages=max(1, min(20_000, rng.end - position)),
                                                   timeout=self.poll_timeout_s)
                 batch = []
                 for m in messages:
-                    if m.error() is not None:
-                        raise RuntimeError(f"reading {rng}: {m.error()}")
+                    if m.error() is not None:  # a KafkaError: translated by its code, like a raised one
+                        raise KafkaException(m.error())
                     position = m.offset() + 1
                     if m.offset() < rng.end:
                         batch.append(SourceRecord(m.offset(), m.key(), m.value(), m.headers()))
                 if not messages:
                     idle += 1
                     if idle > self.max_idle_polls:
-                        raise RuntimeError(f"no records from {rng} at offset {position} after {idle} polls; "
-                                           "is the broker up?")
+                        raise KafkaUnavailable(f"{kafka_place(self.bootstrap, rng.topic)}: no records from "
+                                               f"partition {rng.partition} at offset {position} after {idle} "
+                                               f"polls (range ends at {rng.end})", hint=KAFKA_HINT)
                     continue
                 idle = 0
                 yield batch
+        except KafkaException as exc:
+            raise translate_kafka(exc, bootstrap=self.bootstrap, topic=rng.topic, doing="reading from") from exc
         finally:
             self._consumer.unassign()
 
@@ -253,7 +290,8 @@ def check_schema(headers: list[tuple[str, bytes]] | None) -> None:
     """Records name their format in the ``schema`` header; a record without one is tried as the current format."""
     for name, value in headers or ():
         if name == "schema" and value != USAGE_RECORD_SCHEMA:
-            raise PoisonRecord(f"unknown schema {value[:80]!r}; expected {USAGE_RECORD_SCHEMA.decode()}")
+            raise PoisonRecord(f"unknown schema {value[:80]!r}; expected {USAGE_RECORD_SCHEMA.decode()}",
+                               code=DeadLetterCode.UNKNOWN_SCHEMA)
 
 
 def keep_first_event_ids(chunk: Chunk, seen: set[str]) -> np.ndarray | None:
@@ -364,7 +402,7 @@ class ReadUsageEvents(beam.DoFn):
                                 extra={"topic": rng.topic, "partition": rng.partition, "offset": record.offset,
                                        "reason": str(exc)[:200]})
                     dead.append(DeadRecord(rng.topic, rng.partition, record.offset, str(exc)[:500], record.key,
-                                           record.value))
+                                           record.value, exc.code))
                     continue
                 call_id = call_id or (record.key or b"").decode("utf-8", "replace")
                 if call_id and call_id in seen_calls:

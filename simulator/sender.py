@@ -5,7 +5,10 @@ deadline, ``concurrency`` of them in flight. A call that fails with
 ``UNAVAILABLE`` or ``DEADLINE_EXCEEDED`` is retried with exponential backoff
 *unchanged* (same ``dedup_id``), as Mixer retries; the collector must therefore
 deduplicate. ``INVALID_ARGUMENT`` (and any other code) is final: counted, never
-retried.
+retried. When not one call got through and every attempt ended UNAVAILABLE or
+DEADLINE_EXCEEDED, the collector is unreachable (or cannot take calls): :func:`send` raises
+:class:`~simulator.errors.CollectorUnavailable` (retriable) naming the target
+and the status, instead of reporting every call as failed.
 
 By default calls go out as fast as the collector accepts them (replay). With
 ``realtime`` each call waits until its first instance's ``request_timestamp``
@@ -31,6 +34,7 @@ import grpc
 from schemas.mixer.template.metric.template_handler_service_pb2 import HandleMetricRequest
 from schemas.mixer.template.metric.template_handler_service_pb2_grpc import HandleMetricServiceStub
 from simulator.config import DEFAULTS, SimulationConfig
+from simulator.errors import CollectorUnavailable, SimulatorError
 from simulator.mixer import request_timestamp_ms
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -131,6 +135,7 @@ class _Sender:
         self.seq = itertools.count()
         self.latencies_ms: list[float] = []
         self.codes: Counter[str] = Counter()
+        self.last_failure: tuple[grpc.StatusCode, str] | None = None  # code and details of the latest failed attempt
 
     def submit(self, call: _Call) -> None:
         call.attempt += 1
@@ -158,7 +163,9 @@ class _Sender:
         if code is grpc.StatusCode.OK:
             self.latencies_ms.append((time.perf_counter() - call.started) * 1000.0)
             self.finish(call, True)
-        elif code in RETRYABLE and call.attempt < s.max_attempts:
+            return
+        self.last_failure = (code, call.future.details() or "")
+        if code in RETRYABLE and call.attempt < s.max_attempts:
             self.report.retries += 1
             delay = min(s.max_backoff_s, s.initial_backoff_s * 2 ** (call.attempt - 1))
             heapq.heappush(self.retry_heap, (time.monotonic() + delay, next(self.seq), call))
@@ -227,7 +234,24 @@ class _Sender:
         self.report.latency_p50_ms = round(percentile(lat, 50), 3)
         self.report.latency_p99_ms = round(percentile(lat, 99), 3)
         self.report.status_counts = dict(sorted(self.codes.items()))
+        self._check_reachable()
         return self.report
+
+    def _check_reachable(self) -> None:
+        """Raise :class:`CollectorUnavailable` (carrying the report) when no call got through and every
+        attempt failed with a retryable status: nothing at all reached the store."""
+        r = self.report
+        if not r.calls or r.delivered_calls or self.last_failure is None:
+            return
+        if any(grpc.StatusCode[name] not in RETRYABLE for name in self.codes):
+            return
+        code, details = self.last_failure
+        reason = " ".join(details.split())[:300]
+        raise CollectorUnavailable(
+            f"the collector at {r.target} took no call: {code.name} after {r.attempts} attempts"
+            + (f" ({reason})" if reason else ""),
+            target=r.target, code=code.name, report=r,
+            hint="check --target / APIM_SIM_TARGET and that the collector is running")
 
 
 def send(requests: Iterable[HandleMetricRequest], settings: SendSettings = SendSettings(), *,
@@ -253,6 +277,15 @@ def send(requests: Iterable[HandleMetricRequest], settings: SendSettings = SendS
         ])
     try:
         return _Sender(HandleMetricServiceStub(channel), settings, on_done).run(requests)
+    except grpc.RpcError as exc:  # raised rather than reported as a call's status: translated here
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        message = f"gRPC to the collector at {settings.target} failed: {name}"
+        if code in RETRYABLE:
+            raise CollectorUnavailable(message, target=settings.target, code=name,
+                                       hint="check --target / APIM_SIM_TARGET and that the collector is running"
+                                       ) from exc
+        raise SimulatorError(message) from exc
     finally:
         if own:
             channel.close()

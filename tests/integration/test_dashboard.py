@@ -32,7 +32,7 @@ from pipeline.commit import commit_run
 from pipeline.decode import ChunkBuilder
 from pipeline.kafka_source import OffsetRange
 from query.usage import usage
-from simulator.feed import Feed, simulated_events
+from bench.feed import Feed, simulated_events
 from simulator.ground_truth import GroundTruth
 from store import tables as t
 from store.engine import create_schema, make_engine

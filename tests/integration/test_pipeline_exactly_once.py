@@ -29,7 +29,7 @@ from pipeline.job import run, run_once
 from pipeline.settings import PipelineSettings
 from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
 from core.record_format import USAGE_RECORD_SCHEMA
-from simulator.feed import Feed, simulated_calls
+from bench.feed import Feed, simulated_calls
 from simulator.ground_truth import GroundTruth
 from store import tables as t
 from store.engine import make_engine

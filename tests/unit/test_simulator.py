@@ -26,6 +26,7 @@ from simulator import cli
 from simulator.catalog import APPLICATION_TIERS, TIERS, Catalog, build_catalog
 from simulator.config import SimulationConfig
 from simulator.ground_truth import COLUMNS, GroundTruth
+from simulator.errors import CollectorUnavailable
 from simulator.mixer import DIMENSION_KINDS, MetricRequestBuilder, build_instance, build_requests
 from simulator.runner import resolve_start_ms, simulate
 from simulator.sender import SendSettings, send
@@ -426,7 +427,9 @@ def test_sender_gives_up_after_max_attempts(collector: Fake, small_catalog: Cata
     servicer, target = collector
     reqs = _traffic(small_catalog, small_credentials, rate=10, duration_s=2)
     msgs = list(build_requests(reqs, batch_size=10))
-    report = send(msgs, _settings(target, max_attempts=1))
+    with pytest.raises(CollectorUnavailable, match="took no call: UNAVAILABLE after 2 attempts") as info:
+        send(msgs, _settings(target, max_attempts=1))  # every call failed: one error, carrying the report
+    report = info.value.report
     assert (report.calls, report.attempts, report.failures, report.invalid_argument) == (2, 2, 2, 0)
 
 
