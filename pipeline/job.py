@@ -36,6 +36,7 @@ from core.errors import ApimError
 from core.kafka_errors import translate_kafka
 from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
+from pipeline.group_offsets import mirror_store_offsets
 from pipeline import metrics
 from pipeline.kafka_source import (BOOTSTRAP_TIMEOUT_MS, DeadRecord, OffsetRange, ReadResult, ReadUsageEvents,
                                    pool_readers, share_budget, waiting_ranges)
@@ -189,6 +190,8 @@ class CommitRun(beam.DoFn):
                                        dead_letters=len(result.dead)),
                              dedup_horizon_s=self.settings.dedup_horizon_s,
                              near_limit_ratio=self.settings.near_limit_ratio)
+        # committed: now the advisory copy of the store's offsets for Kafka lag tools (never raises)
+        mirror_store_offsets(self._engine, self.settings.kafka, self.settings.consumer_group, self.settings.topic)
         yield {"fact_rows": written, "folded_requests": facts.folded_requests}
 
 

@@ -51,7 +51,8 @@ class PipelineSettings:
                                        help="/healthz turns 503 when records have waited this long with no run "
                                             "committing")
     consumer_group: str = setting("apim-pipeline", env="APIM_PIPELINE_CONSUMER_GROUP",
-                                  help="group whose Kafka offsets mirror the store's, for lag dashboards only")
+                                  help="Kafka consumer group given the store's offsets after each run, for lag "
+                                       "tools only; the store's offsets stay the truth (empty: off)")
 
     def validate(self) -> None:
         if self.max_records_per_run < 1:
