@@ -21,7 +21,7 @@ from apim_analytics.common import add_store_flags, store_url, write_output
 from core.settings import SettingsError, utc_timestamp
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``billing`` and its actions on the top-level subparsers."""
     p = sub.add_parser("billing", help="monetization: billable usage export, usage publishing, reconciliation")
     bsub = p.add_subparsers(dest="billing_command", required=True)
@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.set_defaults(func=run_reconcile)
 
 
-def _rule(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # billing.export loads pandas: kept lazy
+def _rule(args: argparse.Namespace):  # billing.export loads pandas: kept lazy
     from billing.errors import BillingArgumentError
     from billing.export import BillableRule
 
@@ -91,7 +91,7 @@ def run_publish(args: argparse.Namespace) -> int:
     if args.sink == "webhook":
         if not args.url:
             raise SettingsError("--sink webhook needs --url URL")
-        sink = WebhookSink(args.url, timeout=args.timeout)
+        sink: WebhookSink | FileSink = WebhookSink(args.url, timeout=args.timeout)
     else:
         if not args.path:
             raise SettingsError("--sink file needs --path FILE")

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipeline = sub.add_parser("pipeline", help="the aggregation job").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    prun = pipeline.add_parser("run", help="aggregate the Kafka backlog into the store (any other flag is a Beam option)")
+    prun = pipeline.add_parser("run",
+                               help="aggregate the Kafka backlog into the store (any other flag is a Beam option)")
     add_config_flag(prun)
     add_flags(prun, PipelineSettings)
     add_flags(prun, RetentionSettings)

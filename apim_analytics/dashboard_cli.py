@@ -20,7 +20,7 @@ from core.settings import SettingsError, add_flags, resolve, utc_timestamp
 from dashboards.settings import DashboardSettings
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``dashboard`` and its actions on the top-level subparsers."""
 
     dash = sub.add_parser("dashboard", help="the HTML dashboard: build a file or serve it").add_subparsers(
@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     serve.set_defaults(func=run_serve)
 
 
-def _dashboard(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _dashboard(args: argparse.Namespace):
     from dashboards.server import Dashboard
     from store.engine import open_reader
 
@@ -71,7 +71,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from dashboards.server import start_server
+    from dashboards.server import bound_address, start_server
 
     dashboard, settings = _dashboard(args)
     stop = threading.Event()
@@ -81,7 +81,7 @@ def run_serve(args: argparse.Namespace) -> int:
         server = start_server(dashboard, settings.listen)
     except OSError as exc:
         raise SettingsError(f"--listen {settings.listen}: {exc.strerror or exc}") from exc
-    host, port = server.server_address[:2]
+    host, port = bound_address(server)
     print(f"dashboard: serving http://{host}:{port}/ (/data.json, /healthz, /metrics); Ctrl-C stops", flush=True)
     stop.wait()
     server.shutdown()

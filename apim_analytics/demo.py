@@ -13,7 +13,6 @@ Kafka must be running (``make services``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -46,8 +45,9 @@ def _wait_serving(target: str, proc: subprocess.Popen, timeout_s: float = 60.0) 
             if proc.poll() is not None:
                 raise RuntimeError(f"collector exited with status {proc.returncode}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                reply = stub.Check(  # type: ignore[attr-defined]  # the HealthStub stubs declare no methods
+                    health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
@@ -90,7 +90,7 @@ def usage_by_api_and_tier(store_url: str) -> list[tuple[str, str, str, int, int,
     with engine.connect() as conn:
         rows = [tuple(r) for r in conn.execute(stmt)]
     engine.dispose()
-    return rows  # type: ignore[return-value]
+    return rows
 
 
 def _print_table(rows: list[tuple]) -> None:
@@ -106,8 +106,8 @@ def _print_table(rows: list[tuple]) -> None:
 def run_demo(args: DemoSettings) -> int:
     from pipeline.job import run as run_pipeline
     from pipeline.settings import PipelineSettings
-    from simulator.cli import SimulationConfig, simulate
     from simulator.catalog import build_catalog
+    from simulator.cli import SimulationConfig, simulate
     from simulator.tokens import subscription_catalog_rows
 
     out: Path = args.out

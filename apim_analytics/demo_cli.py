@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     return run_demo(settings)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``demo`` on the top-level subparsers."""
     demo = sub.add_parser("demo", help="run everything end to end into SQLite and print a usage summary")
     add_config_flag(demo)

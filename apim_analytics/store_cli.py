@@ -41,7 +41,7 @@ def _revision(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``store`` command and its actions to the top-level subparsers."""
     store = sub.add_parser("store", help="the analytics store's schema (Alembic migrations)").add_subparsers(
         dest="action", required=True, metavar="ACTION")

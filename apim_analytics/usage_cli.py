@@ -20,7 +20,7 @@ from query.names import GRANULARITIES, GROUP_BY
 FORMATS = ("table", "csv", "json", "parquet")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``usage`` on the top-level subparsers."""
     p = sub.add_parser("usage", help="usage grouped by API, version, application, tier, status class, time, ...")
     add_store_flags(p)

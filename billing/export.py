@@ -59,7 +59,7 @@ class BillableRule:
         classes = tuple(dict.fromkeys(x for x in tokens if x != "throttled"))
         return cls(classes=classes, include_throttled=include)
 
-    def expression(self, table):  # type: ignore[no-untyped-def]
+    def expression(self, table):
         """The per-row billable count as a SQL expression over a usage table."""
         c = table.c
         if "all" in self.classes:
@@ -94,7 +94,7 @@ def open_store(store: str | Engine, *, readonly: bool = True) -> tuple[Engine, b
     return (open_reader(store) if readonly else make_engine(store)), True
 
 
-def billable_by_subscription(engine: Engine, table, start: dt.datetime, end: dt.datetime,  # type: ignore[no-untyped-def]
+def billable_by_subscription(engine: Engine, table, start: dt.datetime, end: dt.datetime,
                              rule: BillableRule, extra_group: Iterable = ()) -> list[tuple]:
     """Rows (*extra_group, application_id, api_name, api_version, tier, billable) with billable > 0."""
     c = table.c

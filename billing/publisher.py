@@ -61,7 +61,7 @@ def idempotency_key(sink: str, application_id: str, api_name: str, api_version: 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def payload(row) -> dict:  # type: ignore[no-untyped-def]
+def payload(row) -> dict:
     """The JSON record a sink receives, from a ledger row."""
     return {"idempotency_key": row.idempotency_key, "application_id": row.application_id,
             "api_name": row.api_name, "api_version": row.api_version, "tier": row.tier,
@@ -198,7 +198,7 @@ def _record_window(engine: Engine, sink: str, start: dt.datetime, rule: Billable
     return {r["idempotency_key"] for r in new}
 
 
-def _deliver(engine: Engine, sink, row, attempts: int, base_delay: float,  # type: ignore[no-untyped-def]
+def _deliver(engine: Engine, sink, row, attempts: int, base_delay: float,
              sleep: Callable[[float], None]) -> None:
     p = t.billing_publications
     record = payload(row)
@@ -251,7 +251,7 @@ def _hours_with_work(engine: Engine, sink: str, start: dt.datetime, end: dt.date
     return sorted(used | pending)
 
 
-def publish(store: str | Engine, sink, *, sink_name: str | None = None,  # type: ignore[no-untyped-def]
+def publish(store: str | Engine, sink, *, sink_name: str | None = None,
             rule: BillableRule | None = None, until: dt.datetime | None = None, now: dt.datetime | None = None,
             settle: dt.timedelta = DEFAULT_SETTLE, attempts: int = 5, base_delay: float = 0.5,
             sleep: Callable[[float], None] = time.sleep) -> PublishResult:

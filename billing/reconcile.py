@@ -41,7 +41,8 @@ def reconcile(store: str | Engine, period: str, *, sink: str | None = None,
             if sink is None:
                 sinks = list(conn.execute(select(p.c.sink).distinct().order_by(p.c.sink)).scalars())
                 if len(sinks) > 1:
-                    raise BillingArgumentError(f"the ledger has several sinks ({', '.join(sinks)}); name one with --sink")
+                    raise BillingArgumentError(
+                        f"the ledger has several sinks ({', '.join(sinks)}); name one with --sink")
                 sink = sinks[0] if sinks else ""
             groups = [p.c[n] for n in SUBSCRIPTION]
             billed = conn.execute(select(*groups, func.sum(p.c.quantity)).where(and_(

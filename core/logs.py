@@ -41,12 +41,12 @@ class _DropKnownNoise(logging.Filter):
         return not str(record.msg).startswith("apitools not found")
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at emit time, not the stream current at configure time
     (a process that swaps stderr, such as a test runner capturing output, must not leave the handler
     writing to a closed stream)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):  # type: ignore[no-untyped-def]
         return sys.stderr
 

@@ -22,11 +22,14 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import InputError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 CONFIG_ENV = "APIM_CONFIG"
 
@@ -126,7 +129,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
                 action=argparse.BooleanOptionalAction, help=help_text,
             )
         else:
-            parser.add_argument(_flag_name(field), dest=field.name, default=None, metavar=field.name.upper(), help=help_text)
+            parser.add_argument(_flag_name(field), dest=field.name, default=None, metavar=field.name.upper(),
+                                help=help_text)
 
 
 def read_yaml(path: Path, what: str) -> Any:

@@ -17,8 +17,8 @@ that gives at most ``max_buckets`` buckets.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any, TypeVar, overload
 
 import pandas as pd
 from sqlalchemy import Connection, Engine, String, and_, case, func, literal, select, tuple_
@@ -66,6 +66,15 @@ def bucket_count(start: dt.datetime, end: dt.datetime, granularity: str) -> int:
     return int((end - start) / _STEP[granularity])
 
 
+K = TypeVar("K", bound=Hashable)
+
+
+@overload
+def _naive_utc(value: dt.datetime) -> dt.datetime: ...
+@overload
+def _naive_utc(value: None) -> None: ...
+@overload
+def _naive_utc(value: dt.datetime | None) -> dt.datetime | None: ...
 def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is not None:
         return value.astimezone(dt.UTC).replace(tzinfo=None)
@@ -108,8 +117,13 @@ def _num(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def _index(values: Sequence[str]) -> dict[str, int]:
+def _index(values: Sequence[K]) -> dict[K, int]:
     return {v: i for i, v in enumerate(values)}
+
+
+def _rows(frame: pd.DataFrame) -> Iterator[Any]:
+    """A query result's rows as named tuples; their columns are known by name only at run time."""
+    return frame.itertuples(index=False)
 
 
 def dashboard_data(engine: Engine, *, start: dt.datetime | None = None, end: dt.datetime | None = None,
@@ -167,26 +181,26 @@ def dashboard_data(engine: Engine, *, start: dt.datetime | None = None, end: dt.
     doc["apis"] = api_names
     doc["traffic"] = [[b_ix[r.bucket_start], a_ix[r.api_name], int(r.requests), int(r.errors_4xx),
                        int(r.errors_5xx), int(r.throttled_out), int(r.faults)]
-                      for r in traffic.itertuples(index=False)]
+                      for r in _rows(traffic)]
     doc["latency_by_api"] = [[b_ix[r.bucket_start], a_ix[r.api_name], _num(r.latency_p50_ms),
                               _num(r.latency_p95_ms), _num(r.latency_p99_ms)]
-                             for r in traffic.itertuples(index=False)]
+                             for r in _rows(traffic)]
     overall = grouped(["bucket"], latency)
     doc["latency_all"] = [[b_ix[r.bucket_start], _num(r.latency_p50_ms), _num(r.latency_p95_ms),
-                           _num(r.latency_p99_ms)] for r in overall.itertuples(index=False)]
+                           _num(r.latency_p99_ms)] for r in _rows(overall)]
 
     by_app = grouped(["bucket", "api", "application"], ("requests",))
     app_ids = sorted(set(by_app["application_id"]))
     p_ix = _index(app_ids)
     doc["applications"] = [[a, app_names.get(a, "")] for a in app_ids]
     doc["application_usage"] = [[b_ix[r.bucket_start], a_ix[r.api_name], p_ix[r.application_id], int(r.requests)]
-                                for r in by_app.itertuples(index=False)]
+                                for r in _rows(by_app)]
     by_tier = grouped(["bucket", "api", "tier"], ("requests",))
     tiers = sorted(set(by_tier["tier"]))
     t_ix = _index(tiers)
     doc["tiers"] = tiers
     doc["tier_usage"] = [[b_ix[r.bucket_start], a_ix[r.api_name], t_ix[r.tier], int(r.requests)]
-                         for r in by_tier.itertuples(index=False)]
+                         for r in _rows(by_tier)]
     _add_quota(engine, doc, lo=lo, hi=hi, granularity=g, contexts=contexts, app_names=app_names, api_index=a_ix,
                bucket_index=b_ix, keys_per_api=quota_keys)
     return doc

@@ -82,7 +82,7 @@ class Dashboard:
 
     def document(self, **options: Any) -> dict[str, Any]:
         """A dashboards.data document; ``options`` override the settings' granularity and so on."""
-        merged = {"granularity": self.settings.granularity, "max_buckets": self.settings.max_buckets,
+        merged: dict[str, Any] = {"granularity": self.settings.granularity, "max_buckets": self.settings.max_buckets,
                   "quota_keys": self.settings.quota_keys} | options
         started = time.perf_counter()
         try:
@@ -111,7 +111,7 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "apim-analytics-dashboard"
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:  # the stdlib's name
             url = urlsplit(self.path)
             endpoint = {"/": "page", "/index.html": "page", "/data.json": "data", "/healthz": "healthz",
                         "/metrics": "metrics"}.get(url.path, "other")
@@ -122,7 +122,7 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
             except StoreError as exc:
                 log.warning("store query failed", extra={"error": type(exc).__name__, "path": url.path})
                 code, ctype, body = 503, "text/plain; charset=utf-8", b"the store did not answer; try again\n"
-            except Exception:  # noqa: BLE001 - a request must never take the server down
+            except Exception:  # a request must never take the server down (logged with its traceback)
                 log.exception("dashboard request failed", extra={"path": url.path})
                 code, ctype, body = 500, "text/plain; charset=utf-8", b"internal error (logged)\n"
             dashboard.metrics.requests.labels(endpoint, str(code)).inc()
@@ -159,6 +159,13 @@ def start_server(dashboard: Dashboard, listen: str) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer((host, port), _handler(dashboard))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="dashboard-http", daemon=True).start()
-    log.info("dashboard serving", extra={"listen": f"{server.server_address[0]}:{server.server_address[1]}"})
+    bound_host, bound_port = bound_address(server)
+    log.info("dashboard serving", extra={"listen": f"{bound_host}:{bound_port}"})
     return server
+
+
+def bound_address(server: ThreadingHTTPServer) -> tuple[str, int]:
+    """The host and port ``server`` is bound to (port 0 resolved)."""
+    host, port = server.server_address[:2]
+    return (host.decode() if isinstance(host, (bytes, bytearray)) else host), port
 

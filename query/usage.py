@@ -56,7 +56,6 @@ from store import tables as t
 from store.engine import open_reader
 from store.latency import BUCKET_COUNT, histogram_column, percentiles
 
-
 __all__ = ["GRANULARITIES", "GROUP_BY", "MEASURES", "STATUS_CLASSES", "QueryError", "choose_table", "usage"]
 _RANK = {g: i for i, g in enumerate(GRANULARITIES)}
 _HIST = tuple(histogram_column(i) for i in range(BUCKET_COUNT))
@@ -164,7 +163,7 @@ def _names(values: str | Iterable[str] | None, what: str) -> list[str] | None:
     return names
 
 
-def _check_apis(conn, table: Table, apis: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _check_apis(conn, table: Table, apis: list[str]) -> None:
     known = set(conn.execute(select(t.api_catalog.c.api_name).where(t.api_catalog.c.api_name.in_(apis))
                              .distinct()).scalars())
     missing = [a for a in apis if a not in known]
@@ -177,10 +176,10 @@ def _check_apis(conn, table: Table, apis: list[str]) -> None:  # type: ignore[no
 
 
 def _truncate(col: pd.Series, granularity: str) -> pd.Series:
-    col = pd.to_datetime(col)
+    stamps = pd.to_datetime(col)
     if granularity == "month":
-        return col.dt.to_period("M").dt.to_timestamp()
-    return col.dt.floor({"minute": "min", "hour": "h", "day": "D"}[granularity])
+        return stamps.dt.to_period("M").dt.to_timestamp()  # type: ignore[return-value]  # stubs say DatetimeArray
+    return stamps.dt.floor({"minute": "min", "hour": "h", "day": "D"}[granularity])
 
 
 def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | None = None,
@@ -248,9 +247,9 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
         raw["bucket_start"] = pd.to_datetime(raw["bucket_start"])
         # The SQL grouped by the keys already; only a table finer than the granularity asked for (the
         # hours or minutes of an unaligned range) has buckets to fold into coarser ones here.
-        if _granularity_of(family, table) != granularity:
-            raw["bucket_start"] = _truncate(raw["bucket_start"], granularity)  # type: ignore[arg-type]
-            agg = {c: "sum" for c in sum_cols} | {c: "max" for c in max_cols}
+        if granularity is not None and _granularity_of(family, table) != granularity:  # not None: checked above
+            raw["bucket_start"] = _truncate(raw["bucket_start"], granularity)
+            agg = dict.fromkeys(sum_cols, "sum") | dict.fromkeys(max_cols, "max")
             raw = raw.groupby(keys, sort=False, as_index=False, dropna=False).agg(agg)
 
     out = _measures(raw, family)

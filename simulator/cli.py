@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from core.settings import add_flags, resolve
@@ -62,17 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def summary(config: SimulationConfig, start_ms: int, report: SendReport, truth: GroundTruth) -> str:
     """The human summary: events, calls, retries, achieved rate, busiest API/tier groups."""
     verb = "built (dry run, nothing sent)" if report.dry_run else f"sent to {config.target}"
     lines = [
-        f"simulate: {report.instances} events in {report.calls} HandleMetric calls {verb} "
-        f"in {report.elapsed_s:.2f}s = {report.instances_per_s:,.0f} events/s",
-        f"simulate: simulated {_iso(start_ms)} + {config.duration:g}s at {config.rate:g}/s, seed {config.seed}, "
-        f"{config.apis} APIs, {config.applications} applications, {config.users} users",
+        (f"simulate: {report.instances} events in {report.calls} HandleMetric calls {verb} "
+         f"in {report.elapsed_s:.2f}s = {report.instances_per_s:,.0f} events/s"),
+        (f"simulate: simulated {_iso(start_ms)} + {config.duration:g}s at {config.rate:g}/s, seed {config.seed}, "
+         f"{config.apis} APIs, {config.applications} applications, {config.users} users"),
     ]
     if not report.dry_run:
         lines.append(

@@ -167,15 +167,15 @@ class SimulationProfile:
     #: Path parameters are drawn from 1..path_id_max.
     path_id_max: int = 99999
     user_agents: Weighted = (
-        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-         "Chrome/74.0.3729.131 Safari/537.36", 0.28),
-        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-         "Version/12.1 Safari/605.1.15", 0.12),
+        (("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/74.0.3729.131 Safari/537.36"), 0.28),
+        (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+          "Version/12.1 Safari/605.1.15"), 0.12),
         ("Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:66.0) Gecko/20100101 Firefox/66.0", 0.08),
-        ("Mozilla/5.0 (iPhone; CPU iPhone OS 12_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-         "Version/12.1 Mobile/15E148 Safari/604.1", 0.14),
-        ("Mozilla/5.0 (Linux; Android 9; SM-G960F) AppleWebKit/537.36 (KHTML, like Gecko) "
-         "Chrome/74.0.3729.136 Mobile Safari/537.36", 0.14),
+        (("Mozilla/5.0 (iPhone; CPU iPhone OS 12_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+          "Version/12.1 Mobile/15E148 Safari/604.1"), 0.14),
+        (("Mozilla/5.0 (Linux; Android 9; SM-G960F) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/74.0.3729.136 Mobile Safari/537.36"), 0.14),
         ("okhttp/3.12.1", 0.1),
         ("python-requests/2.21.0", 0.06),
         ("curl/7.64.1", 0.04),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from core.settings import SettingsError
 from simulator.catalog import Catalog, build_catalog
@@ -49,14 +49,14 @@ def resolve_start_ms(start: int | str | None, *, now_ms: int | None = None) -> i
     except ValueError as exc:
         raise SettingsError(f"setting start: expected ISO-8601 UTC or epoch ms, got {start!r}") from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
 
 
 def signing_key_for(config: SimulationConfig) -> SigningKey:
     """The run's token signing key: the given object, the key file, or a fresh key."""
     if config.key is not None:
-        return config.key  # type: ignore[no-any-return]
+        return config.key
     if config.signing_key:
         return SigningKey.load_or_create(config.signing_key)
     return SigningKey.generate()
@@ -109,13 +109,13 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
     truth = GroundTruth()
     in_flight: dict[str, list[SimRequest]] = {}
 
-    def messages():  # type: ignore[no-untyped-def]
+    def messages():
         for n, batch in enumerate(batched(requests, config.batch_size)):
             dedup_id = str(config.dedup_base + n)
             in_flight[dedup_id] = batch
             yield builder.build(batch, dedup_id)
 
-    def on_done(msg, delivered: bool) -> None:  # type: ignore[no-untyped-def]
+    def on_done(msg, delivered: bool) -> None:
         batch = in_flight.pop(msg.dedup_id)
         if delivered:
             truth.add_all(batch)

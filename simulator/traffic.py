@@ -158,12 +158,12 @@ def _cumulative(weights: Sequence[float]) -> list[float]:
 def _lognormal_table(median: float, sigma: float, size: int) -> list[int]:
     """``size`` equally likely integer quantiles of LogNormal(ln(median), sigma)."""
     nd = NormalDist()
-    return [int(round(median * math.exp(sigma * nd.inv_cdf((j + 0.5) / size)))) for j in range(size)]
+    return [round(median * math.exp(sigma * nd.inv_cdf((j + 0.5) / size))) for j in range(size)]
 
 
 def _mixture_table(share: float, median: float, sigma: float, size: int) -> list[int]:
     """A table that is 0 with probability ``1 - share`` and log-normal otherwise."""
-    k = int(round(share * size))
+    k = round(share * size)
     return [0] * (size - k) + (_lognormal_table(median, sigma, k) if k else [])
 
 
@@ -355,9 +355,10 @@ class TrafficModel:
                 app_state, tier = state.subscribers[bisect(state.subscriber_cum, rnd())]
                 client = app_state.clients[bisect(app_state.client_cum, rnd())]
                 app = client.app
-                auth = client.auth
-                if auth is None:
-                    auth = client.auth = auth_header(app, client.user)
+                cached = client.auth
+                if cached is None:
+                    cached = client.auth = auth_header(app, client.user)
+                auth = cached
                 app_id, app_name, consumer_key, key_type = app.id, app.name, app.consumer_key, app.key_type
                 user, tenant, ip = client.user, client.tenant, client.ip
             route = state.routes[bisect(state.route_cum, rnd())]

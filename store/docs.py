@@ -71,7 +71,7 @@ UNCOMMENTED: dict[str, str] = {
 }
 
 
-def column_meaning(table: Table, column: Column) -> str | None:  # type: ignore[type-arg]
+def column_meaning(table: Table, column: Column) -> str | None:
     """The column's comment, else its entry in :data:`UNCOMMENTED`, else None."""
     return column.comment or UNCOMMENTED.get(f"{table.name}.{column.name}")
 
@@ -80,7 +80,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _default(column: Column) -> str:  # type: ignore[type-arg]
+def _default(column: Column) -> str:
     default = column.default
     if isinstance(default, ColumnDefault) and default.is_scalar:
         return f" (default when omitted: `{default.arg!r}`)"
@@ -98,7 +98,7 @@ def _table_section(table: Table) -> list[str]:
         meaning = column_meaning(table, column) or "**undocumented**"
         lines.append(f"| `{column.name}` | {column.type} | {'yes' if column.nullable else 'no'} "
                      f"| {_cell(meaning)}{_default(column)} |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _latency_section() -> list[str]:
@@ -110,7 +110,7 @@ def _latency_section() -> list[str]:
     for row in bucket_rows():
         upper = "" if row["upper_ms"] is None else f"{row['upper_ms']:.6g}"
         lines.append(f"| {row['bucket']} | {row['lower_ms']:.6g} | {upper} | {row['estimate_ms']:.6g} |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _views_section() -> list[str]:

@@ -115,7 +115,7 @@ def _translate_errors(engine: Engine, shown: str) -> None:
     event.listen(engine, "handle_error", handle)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None  # let the "begin" listener own BEGIN
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

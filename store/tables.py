@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table,
-                        Text)
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
 
 from store.latency import BUCKET_COUNT, histogram_column
 
@@ -44,8 +43,8 @@ def _dims(*names: str) -> list[Column]:
         "application_id": (String(NAME), "application id; 'anonymous' for unauthenticated calls"),
         "tier": (String(SHORT), "subscription tier (Gold, Silver, Bronze, Unauthenticated, Unlimited, ...)"),
         "key_type": (String(16), "PRODUCTION, SANDBOX or UNKNOWN"),
-        "resource_template": (String(NAME), "resource template (/menu/{id}); raw paths normalised; "
-                                            "'other' when the API's resource cap was reached"),
+        "resource_template": (String(NAME), ("resource template (/menu/{id}); raw paths normalised; "
+                                             "'other' when the API's resource cap was reached")),
         "method": (String(16), "HTTP method"),
         "user_name": (String(NAME), "end user (JWT sub / username); '' when unknown"),
         "destination": (String(NAME), "backend destination (service host or URL)"),

@@ -300,12 +300,15 @@ def ensure_default_policies(engine: Engine) -> int:
     10000/min) is never overwritten, and concurrent callers cannot collide.
     """
     with engine.begin() as conn:
-        insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[conn.dialect.name]
+        # Each dialect's own Insert: ON CONFLICT DO NOTHING is not part of the generic one.
+        insert_ignoring = {"postgresql": lambda: postgresql.insert(throttle_policies).on_conflict_do_nothing(),
+                           "sqlite": lambda: sqlite.insert(throttle_policies).on_conflict_do_nothing()
+                           }[conn.dialect.name]
         existing = {(r.level, r.name) for r in conn.execute(select(throttle_policies.c.level,
                                                                     throttle_policies.c.name))}
         missing = [_policy_row(p) for p in DEFAULT_POLICIES if (p.level, p.name) not in existing]
         if missing:
-            conn.execute(insert_fn(throttle_policies).on_conflict_do_nothing(), missing)
+            conn.execute(insert_ignoring(), missing)
         return len(missing)
 
 
@@ -432,7 +435,7 @@ def apply_counts(conn: Connection, counts: Sequence[ThrottleCount], *, now: date
                     measures=("requests", "bytes"))
 
     decisions = []
-    for (level, key, unit), (start, requests, nbytes) in sorted(_latest_windows(conn, current).items()):
+    for (level, key, _unit), (start, requests, nbytes) in sorted(_latest_windows(conn, current).items()):
         policy = current[(level, key)][1]
         _, win_start, win_end = window_for(policy, start)
         used = requests if policy.quota_type == "requestCount" else nbytes

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, DateTime, Table, bindparam, case, func
 from sqlalchemy.dialects import postgresql, sqlite
 
 
-def _insert_for(conn: Connection):  # type: ignore[no-untyped-def]
+def _insert_for(conn: Connection):
     """The dialect's INSERT with ON CONFLICT support."""
     insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(conn.dialect.name)
     if insert_fn is None:
@@ -91,7 +91,7 @@ def merge_upsert(
 _STATEMENTS: dict[tuple, tuple[str, list[str]]] = {}
 
 
-def _positional_dialect(conn: Connection):  # type: ignore[no-untyped-def]
+def _positional_dialect(conn: Connection):
     """The connection's dialect, compiling positional parameters (tuples go straight to the driver)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg

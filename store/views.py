@@ -63,25 +63,25 @@ class View:
     name: str
     purpose: str
     columns: dict[str, str]  # column name -> meaning, in the view's column order
-    query: Select  # type: ignore[type-arg]
+    query: Select
 
 
-def _total(col: ColumnElement) -> ColumnElement:  # type: ignore[type-arg]
+def _total(col: ColumnElement) -> ColumnElement:
     """SUM as BIGINT on both databases (PostgreSQL's SUM(bigint) is NUMERIC)."""
     return cast(func.sum(col), BigInteger)
 
 
-def _ms(us: ColumnElement) -> ColumnElement:  # type: ignore[type-arg]
+def _ms(us: ColumnElement) -> ColumnElement:
     """Integer microseconds -> double-precision milliseconds."""
     return _div(cast(us, Float), literal(1000, Integer))
 
 
-def _div(a: ColumnElement, b: ColumnElement) -> ColumnElement:  # type: ignore[type-arg]
+def _div(a: ColumnElement, b: ColumnElement) -> ColumnElement:
     """A plain SQL ``a / b`` (SQLAlchemy's ``/`` adds casts that differ per dialect); ``a`` is a FLOAT."""
     return a.op("/", return_type=Float)(b)
 
 
-def _usage_by_api_tier_day() -> Select:  # type: ignore[type-arg]
+def _usage_by_api_tier_day() -> Select:
     u = usage_day.c
     return (select(u.bucket_start.label("day"), u.api_name, u.api_version, u.tier,
                    *(_total(u[c]).label(c) for c in ("requests", "count_2xx", "count_4xx", "count_5xx",
@@ -90,7 +90,7 @@ def _usage_by_api_tier_day() -> Select:  # type: ignore[type-arg]
             .group_by(u.bucket_start, u.api_name, u.api_version, u.tier))
 
 
-def _usage_by_application_month() -> Select:  # type: ignore[type-arg]
+def _usage_by_application_month() -> Select:
     u, a = usage_month.c, application_catalog.c
     name = func.coalesce(a.application_name, literal("", String))
     return (select(u.bucket_start.label("month"), u.application_id, name.label("application_name"),
@@ -102,7 +102,7 @@ def _usage_by_application_month() -> Select:  # type: ignore[type-arg]
             .group_by(u.bucket_start, u.application_id, name, u.api_name, u.api_version, u.tier))
 
 
-def _latency_by_resource_day() -> Select:  # type: ignore[type-arg]
+def _latency_by_resource_day() -> Select:
     u = usage_day.c
     mean = _div(_div(cast(func.sum(u.latency_sum_us), Float), cast(func.nullif(func.sum(u.requests), 0), Float)),
                 literal(1000, Integer))
@@ -115,7 +115,7 @@ def _latency_by_resource_day() -> Select:  # type: ignore[type-arg]
             .group_by(u.bucket_start, u.api_name, u.api_version, u.resource_template, u.method))
 
 
-def _faults_day() -> Select:  # type: ignore[type-arg]
+def _faults_day() -> Select:
     u = usage_day.c
     return (select(u.bucket_start.label("day"), u.api_name, u.api_version, u.application_id,
                    _total(u.faults).label("faults"), _total(u.count_5xx).label("count_5xx"),
@@ -124,7 +124,7 @@ def _faults_day() -> Select:  # type: ignore[type-arg]
             .having(func.sum(u.faults + u.count_5xx) > 0))
 
 
-def _throttled_out_day() -> Select:  # type: ignore[type-arg]
+def _throttled_out_day() -> Select:
     u = usage_day.c
     return (select(u.bucket_start.label("day"), u.api_name, u.api_version, u.application_id, u.tier,
                    _total(u.throttled_out).label("throttled_out"), _total(u.requests).label("requests"))

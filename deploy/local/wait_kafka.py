@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Hard wall-clock limit: a peer that accepts connections but never answers
     # (not a Kafka broker) can keep kafka-python blocked past its own timeouts.
-    def _give_up(signum, frame):  # noqa: ARG001
+    def _give_up(signum, frame):  # the signal handler signature; neither is used
         print(
             f"wait_kafka: no metadata answer from {args.bootstrap} within "
             f"{args.timeout:g}s (attempt still blocked; is this a Kafka broker?)",
