@@ -11,9 +11,20 @@ bench/results/. About an hour on 2 cores.
 
 import sys
 
+from bench import (
+    cli_startup,
+    collector_ceiling,
+    faults,
+    freshness,
+    kafka_records,
+    memory,
+    pipeline,
+    query_latency,
+    report,
+    spine,
+    spool,
+)
 from core import logs
-from bench import (cli_startup, collector_ceiling, faults, freshness, kafka_records, memory, pipeline, query_latency,
-                   report, spine, spool)
 
 logs.configure("WARNING")
 steps = [

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.decode import AGGREGATED_COLUMNS, ChunkBuilder, CompiledChunkBuilder
 from bench.feed import simulated_calls
+from pipeline.decode import AGGREGATED_COLUMNS, ChunkBuilder, CompiledChunkBuilder
 
 
 def records(seed: int = 5, rate: float = 2000, duration_s: float = 60, partitions: int = 6) -> list[bytes]:

@@ -31,8 +31,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from apim_analytics.demo import _free_port, start_collector, stop_collector
-from simulator.check import stored_cells, truth_cells
 from simulator.catalog import build_catalog
+from simulator.check import stored_cells, truth_cells
 from simulator.cli import SimulationConfig, simulate
 from simulator.ground_truth import GroundTruth
 from simulator.sender import SendReport

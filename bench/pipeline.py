@@ -35,15 +35,15 @@ import pandas as pd
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.cpu import own_cpu_s
+from bench.feed import simulated_events
 from collector.columns import BatchRecord, partitioned_records
+from core.record_format import USAGE_RECORD_SCHEMA
 from core.topics import ensure_topic
 from pipeline.aggregate import aggregate_chunk, finish, merge
 from pipeline.decode import new_builder
 from pipeline.job import run
 from pipeline.settings import PipelineSettings
 from schemas.apim.usage.v1.usage_event_columns_pb2 import UsageEventColumns
-from core.record_format import USAGE_RECORD_SCHEMA
-from bench.feed import simulated_events
 from store.tables import USAGE_DIMENSIONS
 
 HOUR_MS = 3_600_000

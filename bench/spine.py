@@ -26,7 +26,6 @@ import time
 import uuid
 from pathlib import Path
 
-
 from apim_analytics.demo import _free_port, start_collector, stop_collector
 from bench.cpu import own_cpu_s, process_cpu_s
 from core.topics import ensure_topic

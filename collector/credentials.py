@@ -146,7 +146,8 @@ class SubscriptionCatalog:
                 raise ValueError(f"{p}: entry {i} has no credential_sha256")
             listed = r.get("subscriptions")
             if listed is None and r.get("api_name"):  # a flat row: one subscription (CSV, the store table)
-                listed = [{"api_name": r["api_name"], "api_version": r.get("api_version", ""), "tier": r.get("tier", "")}]
+                listed = [{"api_name": r["api_name"], "api_version": r.get("api_version", ""),
+                           "tier": r.get("tier", "")}]
             subs = {(str(s["api_name"]), str(s["api_version"])): str(s["tier"]) for s in listed or []}
             prev = entries.get(digest)
             if prev is not None:  # CSV: one row per subscription of the same credential
@@ -228,7 +229,7 @@ class CredentialResolver:
             await asyncio.sleep(interval_s)
             try:
                 await self.reload_keys()
-            except Exception:  # noqa: BLE001 - a bug here must not end the timer; reload itself never raises
+            except Exception:
                 log.exception("JWT key reload failed; keeping the keys loaded before")
 
     def resolve(self, auth_header: str, api_name: str, api_version: str, at_s: float | None = None) -> Caller:

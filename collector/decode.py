@@ -85,7 +85,7 @@ def decode_call(raw: bytes) -> Decoded:
     """
     if _wire is not None:
         try:
-            return _wire.decode_call(raw)  # type: ignore[no-any-return]
+            return _wire.decode_call(raw)
         except _wire.Unsupported:
             pass
     return decode_reference(raw)

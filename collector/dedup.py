@@ -31,7 +31,7 @@ class RecentCalls:
 
     def _expire(self, now: float) -> None:
         while self._done:
-            key, expires = next(iter(self._done.items()))
+            _key, expires = next(iter(self._done.items()))
             if expires > now and len(self._done) <= self.max_calls:
                 break
             self._done.popitem(last=False)

@@ -121,7 +121,7 @@ class SafeDelivery:
                                                                           "error": exc.one_line()[:300]})
                 if not isinstance(exc, RecordRejected):  # a new producer cannot send a rejected record either
                     self._reset_soon()
-            except Exception as exc:  # noqa: BLE001 - not a Kafka error but a defect in the send path; the
+            except Exception:
                 # call's records must still be made safe (the no-loss guarantee), so they go to the spool too
                 log.exception("sending to Kafka failed unexpectedly; spooling", extra={"records": len(records)})
                 self._reset_soon()
@@ -151,7 +151,7 @@ class SafeDelivery:
                                                        "records": self.spool.depth_entries})
                     await asyncio.sleep(self.retry_backoff_s)
                     continue
-                except Exception:  # noqa: BLE001 - a defect: logged with its traceback, but this task must
+                except Exception:
                     # not end, or the spooled records (acknowledged to Mixer) would never reach Kafka
                     log.exception("building a producer failed unexpectedly; trying again")
                     await asyncio.sleep(self.retry_backoff_s)
@@ -171,7 +171,7 @@ class SafeDelivery:
                     await self._reset_quietly()
                     await asyncio.sleep(self.retry_backoff_s)
                     continue
-                except Exception:  # noqa: BLE001 - a defect: logged with its traceback; the records stay
+                except Exception:
                     # in the spool and the drain goes on (ending this task would strand them)
                     log.exception("spool drain failed unexpectedly; trying again",
                                   extra={"records": self.spool.depth_entries})
@@ -190,7 +190,7 @@ class SafeDelivery:
         except Exception as exc:  # noqa: BLE001 - a producer that will not close is dropped anyway
             log.warning("closing the old producer failed", extra={"error": repr(exc)[:200]})
 
-    async def _set_aside(self, entries: list, exc: RecordRejected) -> None:  # type: ignore[type-arg]
+    async def _set_aside(self, entries: list, exc: RecordRejected) -> None:
         """Records Kafka will never accept (too large for the broker) must not block the
         spool forever: they are moved to ``<spool>/rejected/`` for an operator, counted
         and logged as errors, and the drain goes on."""

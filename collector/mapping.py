@@ -34,11 +34,11 @@ from typing import Any
 import yaml
 from google.protobuf.descriptor import FieldDescriptor
 
-from core.settings import SettingsError
 from collector.credentials import Caller, CredentialResolver, credential_hash
 from collector.decode import Decoded, Instance
 from collector.errors import InstanceRejected
 from collector.values import ValueKindError, as_bool, as_duration_ms, as_int, as_text, as_timestamp_ms
+from core.settings import SettingsError
 from schemas.apim.usage.v1 import usage_event_pb2 as pb
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
 

@@ -29,7 +29,7 @@ from kafka import KafkaProducer
 from collector.errors import KafkaUnavailable, RecordRejected
 from core.errors import ApimError
 from core.kafka_errors import KAFKA_HINT, kafka_place, kafka_reason, record_too_large, translate_kafka
-from core.record_format import DEAD_LETTER_SCHEMA, USAGE_RECORD_SCHEMA
+from core.record_format import USAGE_RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class KafkaPublisher:
         if self._producer is None:
             try:
                 self._producer = self._build()
-            except Exception as exc:  # noqa: BLE001 - translated: the clients raise their own types and OSError
+            except Exception as exc:
                 raise self.translate(exc, doing="connecting to") from exc
 
     async def ensure(self) -> None:
@@ -225,7 +225,7 @@ class ConfluentPublisher(KafkaPublisher):
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
 
-    def _build(self):  # type: ignore[no-untyped-def]
+    def _build(self):
         from confluent_kafka import Producer
 
         s = self.settings
@@ -259,7 +259,7 @@ class ConfluentPublisher(KafkaPublisher):
                 loop: asyncio.AbstractEventLoop) -> None:
         from confluent_kafka import KafkaException
 
-        def report(err, _msg) -> None:  # type: ignore[no-untyped-def]
+        def report(err, _msg) -> None:
             # the KafkaError itself travels (wrapped as the client raises it), so send() can
             # translate it by its code; see translate()
             loop.call_soon_threadsafe(_resolve, fut, None if err is None else KafkaException(err))

@@ -39,7 +39,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from core.settings import parse_host_port
 from collector import adapter_config
 from collector.columns import partitioned_records
 from collector.credentials import CredentialResolver, SubscriptionCatalog
@@ -52,11 +51,16 @@ from collector.settings import CollectorSettings
 from collector.spool import Spool, SpoolFull
 from core.errors import ApimError
 from core.record_format import DEAD_LETTER_SCHEMA
+from core.settings import parse_host_port
 from core.topics import ensure_topic
 from schemas.apim.usage.v1 import dead_letter_pb2
 from schemas.mixer.adapter.model.v1beta1 import (
     infrastructure_backend_pb2 as ib_pb2,
+)
+from schemas.mixer.adapter.model.v1beta1 import (
     infrastructure_backend_pb2_grpc as ib_grpc,
+)
+from schemas.mixer.adapter.model.v1beta1 import (
     report_pb2,
 )
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
@@ -194,11 +198,11 @@ class InfrastructureBackend(ib_grpc.InfrastructureBackendServicer):
     """Adapter lifecycle: validate the handler params and the instances' inferred
     types against the mapping; remember sessions for session-based set-ups."""
 
-    def __init__(self, mappings: dict) -> None:  # type: ignore[type-arg]
+    def __init__(self, mappings: dict) -> None:
         self.mappings = mappings
         self.sessions: dict[str, bytes] = {}
 
-    def params_for(self, config):  # type: ignore[no-untyped-def]
+    def params_for(self, config):
         """The params of a HandleMetric call: inline, or those of the session it names."""
         session = self.sessions.get(config.value.decode("utf-8", "replace")) if not config.type_url else None
         if session is not None:
@@ -208,19 +212,19 @@ class InfrastructureBackend(ib_grpc.InfrastructureBackendServicer):
         return adapter_config.decode_params(config)
 
     @staticmethod
-    def _status(target, problems: list[str]) -> None:  # type: ignore[no-untyped-def]
+    def _status(target, problems: list[str]) -> None:
         target.code = grpc.StatusCode.INVALID_ARGUMENT.value[0] if problems else 0
         target.message = "; ".join(problems)[:2000]
 
-    async def Validate(self, request: ib_pb2.ValidateRequest, context: grpc.aio.ServicerContext
-                       ) -> ib_pb2.ValidateResponse:  # noqa: N802
+    async def Validate(self, request: ib_pb2.ValidateRequest,  # noqa: N802 - the gRPC method's name
+                       context: grpc.aio.ServicerContext) -> ib_pb2.ValidateResponse:
         resp = ib_pb2.ValidateResponse()
         self._status(resp.status, adapter_config.validate(request.adapter_config, dict(request.inferred_types),
                                                           self.mappings))
         return resp
 
-    async def CreateSession(self, request: ib_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
-                            ) -> ib_pb2.CreateSessionResponse:  # noqa: N802
+    async def CreateSession(self, request: ib_pb2.CreateSessionRequest,  # noqa: N802 - the gRPC method's name
+                            context: grpc.aio.ServicerContext) -> ib_pb2.CreateSessionResponse:
         resp = ib_pb2.CreateSessionResponse()
         problems = adapter_config.validate(request.adapter_config, dict(request.inferred_types), self.mappings)
         self._status(resp.status, problems)
@@ -229,8 +233,8 @@ class InfrastructureBackend(ib_grpc.InfrastructureBackendServicer):
             self.sessions[resp.session_id] = request.adapter_config.SerializeToString()
         return resp
 
-    async def CloseSession(self, request: ib_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext
-                           ) -> ib_pb2.CloseSessionResponse:  # noqa: N802
+    async def CloseSession(self, request: ib_pb2.CloseSessionRequest,  # noqa: N802 - the gRPC method's name
+                           context: grpc.aio.ServicerContext) -> ib_pb2.CloseSessionResponse:
         resp = ib_pb2.CloseSessionResponse()
         if self.sessions.pop(request.session_id, None) is None:
             self._status(resp.status, [f"unknown session {request.session_id[:64]!r}"])
@@ -247,7 +251,7 @@ def _server_credentials(s: CollectorSettings) -> grpc.ServerCredentials | None:
 
 def build_resolver(s: CollectorSettings) -> CredentialResolver:
     """Credential resolution from the settings: catalog file and/or store table, optional JWT verification."""
-    rows: list[dict] = []  # type: ignore[type-arg]
+    rows: list[dict] = []
     catalog = SubscriptionCatalog.load(s.subscriptions) if s.subscriptions else SubscriptionCatalog()
     if s.subscriptions_store:
         from store import subscriptions as store_subs

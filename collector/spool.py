@@ -90,6 +90,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import itertools
 import logging
 import os
 import re
@@ -368,7 +369,7 @@ class Spool:
                 names_changed = True
                 log.info("spool: deleted acknowledged segment %s left by a previous run", segment_name(number))
         live = [n for n in numbers if n >= read_pos.segment]
-        for a, b in zip(live, live[1:]):
+        for a, b in itertools.pairwise(live):
             if b != a + 1:
                 raise SpoolCorrupt(f"{directory}: segment {segment_name(a + 1)} is missing "
                                    f"(found {segment_name(a)} and {segment_name(b)})")

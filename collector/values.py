@@ -42,7 +42,7 @@ def ip_text(raw: bytes) -> str:
 def as_text(x: Any) -> str:
     t = type(x)
     if t is str:
-        return x  # type: ignore[no-any-return]
+        return x
     if x is None:
         return ""
     if t is bool:
@@ -61,7 +61,7 @@ def as_text(x: Any) -> str:
 def as_int(x: Any) -> int:
     t = type(x)
     if t is int:
-        return x  # type: ignore[no-any-return]
+        return x
     if x is None:
         return 0
     if t is float:
@@ -79,9 +79,9 @@ def as_int(x: Any) -> int:
 def as_timestamp_ms(x: Any) -> int:
     t = type(x)
     if t is tuple and x[0] == "ts":
-        return x[1]  # type: ignore[no-any-return]
+        return x[1]
     if t is int:
-        return x  # type: ignore[no-any-return]
+        return x
     if x is None:
         return 0
     raise ValueKindError(f"a {kind_name(x)} cannot be used as a timestamp")
@@ -90,7 +90,7 @@ def as_timestamp_ms(x: Any) -> int:
 def as_duration_ms(x: Any) -> float:
     t = type(x)
     if t is tuple and x[0] == "dur":
-        return x[1]  # type: ignore[no-any-return]
+        return x[1]
     if t is int or t is float:
         if not math.isfinite(x):
             raise ValueKindError(f"not a finite number: {x}")
@@ -102,7 +102,7 @@ def as_duration_ms(x: Any) -> float:
 
 def as_bool(x: Any) -> bool:
     if type(x) is bool:
-        return x  # type: ignore[no-any-return]
+        return x
     if x is None:
         return False
     if type(x) is str and x.lower() in ("true", "false"):

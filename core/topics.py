@@ -46,8 +46,8 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, replication: int =
             except KafkaError:
                 pass  # metadata still propagating (or the broker briefly away): asked again until the deadline
             if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"{kafka_place(bootstrap, topic)}: the topic is not visible after {timeout_s:g}s",
-                                       hint=KAFKA_HINT)
+                raise KafkaUnavailable(
+                    f"{kafka_place(bootstrap, topic)}: the topic is not visible after {timeout_s:g}s", hint=KAFKA_HINT)
             time.sleep(0.2)
     finally:
         admin.close()

@@ -25,8 +25,13 @@ import pandas as pd
 from pipeline.decode import Chunk
 from pipeline.resources import OTHER, admit, normalise_path
 from store.latency import BUCKET_COUNT, bucket_of, histogram_column
-from store.tables import (DESTINATION_DIMENSIONS, DESTINATION_SUM_COLUMNS, USAGE_DIMENSIONS, USAGE_SUM_COLUMNS,
-                          USER_DAY_SUM_COLUMNS)
+from store.tables import (
+    DESTINATION_DIMENSIONS,
+    DESTINATION_SUM_COLUMNS,
+    USAGE_DIMENSIONS,
+    USAGE_SUM_COLUMNS,
+    USER_DAY_SUM_COLUMNS,
+)
 
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
 KEY_TYPES = np.array(["UNKNOWN", "PRODUCTION", "SANDBOX"], dtype=object)
@@ -279,7 +284,7 @@ def _catalog(dims: _Dims, cols: Sequence[str], ts: np.ndarray) -> pd.DataFrame:
 
 # --- step 2: merging partials and finishing a run ---------------------------------------------
 
-_USAGE_AGG = {**{c: "sum" for c in USAGE_SUM_COLUMNS}, "latency_min_us": "min", "latency_max_us": "max"}
+_USAGE_AGG = {**dict.fromkeys(USAGE_SUM_COLUMNS, "sum"), "latency_min_us": "min", "latency_max_us": "max"}
 
 
 def _regroup(frame: pd.DataFrame, key: Sequence[str], agg: Mapping[str, str]) -> pd.DataFrame:
@@ -289,7 +294,7 @@ def _regroup(frame: pd.DataFrame, key: Sequence[str], agg: Mapping[str, str]) ->
 
 
 def _sum_agg(columns: Iterable[str]) -> dict[str, str]:
-    return {c: "sum" for c in columns}
+    return dict.fromkeys(columns, "sum")
 
 
 def _merge_catalog(frame: pd.DataFrame, key: Sequence[str], attrs: Sequence[str]) -> pd.DataFrame:

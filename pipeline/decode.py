@@ -27,7 +27,6 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from pipeline.errors import PoisonRecord  # raised here (and by pipeline._columns); defined with the pipeline's errors
-
 from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
 
 log = logging.getLogger(__name__)
@@ -191,7 +190,7 @@ class ChunkBuilder:
 try:  # the compiled builder (setup.py builds it; optional)
     from pipeline._columns import CompiledChunkBuilder
 except ImportError:  # pragma: no cover - depends on the build
-    CompiledChunkBuilder = None  # type: ignore[assignment,misc]
+    CompiledChunkBuilder = None
     log.warning("compiled decoder pipeline._columns not built; using the slower protobuf-runtime builder")
 
 COMPILED = CompiledChunkBuilder is not None
@@ -201,5 +200,5 @@ def new_builder(spec: Sequence[ColumnSpec] = AGGREGATED_COLUMNS, *, compiled: bo
                 capacity: int = 1 << 16) -> ChunkBuilder:
     """The fastest available builder."""
     if compiled and CompiledChunkBuilder is not None:
-        return CompiledChunkBuilder(spec, capacity)  # type: ignore[return-value]
+        return CompiledChunkBuilder(spec, capacity)
     return ChunkBuilder(spec, capacity)

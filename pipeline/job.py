@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -34,12 +35,20 @@ from sqlalchemy import Engine
 
 from core.errors import ApimError
 from core.kafka_errors import translate_kafka
+from pipeline import metrics
 from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
 from pipeline.group_offsets import mirror_store_offsets
-from pipeline import metrics
-from pipeline.kafka_source import (BOOTSTRAP_TIMEOUT_MS, DeadRecord, OffsetRange, ReadResult, ReadUsageEvents,
-                                   pool_readers, share_budget, waiting_ranges)
+from pipeline.kafka_source import (
+    BOOTSTRAP_TIMEOUT_MS,
+    DeadRecord,
+    OffsetRange,
+    ReadResult,
+    ReadUsageEvents,
+    pool_readers,
+    share_budget,
+    waiting_ranges,
+)
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
 from store.retention import RetentionSettings, purge
@@ -237,7 +246,7 @@ def _options(beam_args: tuple[str, ...]) -> PipelineOptions:
 
 def prepare_store(settings: PipelineSettings) -> None:
     """Migrate the store and load throttle policies (defaults, then the policies file if one is set)."""
-    from store.throttle import ensure_default_policies, load_policies_file, load_policies, store_policies
+    from store.throttle import ensure_default_policies, load_policies, load_policies_file, store_policies
 
     engine = make_engine(settings.store)
     try:
@@ -261,7 +270,7 @@ class _Planner:
     plan both are dropped, so the next attempt starts from fresh connections.
     """
 
-    _kept: dict[tuple[str, str], tuple[KafkaConsumer, Engine]] = {}
+    _kept: ClassVar[dict[tuple[str, str], tuple[KafkaConsumer, Engine]]] = {}
     enabled = False  # only inside run()'s loop; a lone run_once() closes what it opened
 
     @classmethod
@@ -434,7 +443,7 @@ def runner_error(exc: BaseException) -> ApimError | None:
     return None
 
 
-def _with_retries(step, settings: PipelineSettings, stop: threading.Event, what: str):  # type: ignore[no-untyped-def]
+def _with_retries(step, settings: PipelineSettings, stop: threading.Event, what: str):
     """Run ``step``; retry it after a backoff only when its error is retriable (forever in follow
     mode, ONCE_ATTEMPTS attempts in all in once mode). Any other error is logged and raised: it is
     a defect or needs a person (bad input, a store not migrated), and retrying would hide it."""
@@ -446,10 +455,10 @@ def _with_retries(step, settings: PipelineSettings, stop: threading.Event, what:
         except Exception as exc:
             ours = runner_error(exc)
             if ours is None:
-                log.error(f"{what} failed with an unexpected error; stopping", exc_info=exc)
+                log.error("%s failed with an unexpected error; stopping", what, exc_info=exc)
                 raise
             if not ours.retriable:
-                log.error(f"{what} failed; not retriable, stopping", extra={"error": ours.one_line()[:500]})
+                log.error("%s failed; not retriable, stopping", what, extra={"error": ours.one_line()[:500]})
                 raise
             if (not settings.follow and attempt >= ONCE_ATTEMPTS) or stop.is_set():
                 raise
@@ -457,8 +466,8 @@ def _with_retries(step, settings: PipelineSettings, stop: threading.Event, what:
                 delay = min(30.0, settings.interval_s * 2 ** min(attempt, 4))
             else:
                 delay = ONCE_BACKOFF_S * 2 ** (attempt - 1)
-            log.error(f"{what} failed; retrying", extra={"attempt": attempt, "retry_in_s": delay,
-                                                         "error": ours.one_line()[:500]})
+            log.error("%s failed; retrying", what, extra={"attempt": attempt, "retry_in_s": delay,
+                                                          "error": ours.one_line()[:500]})
             if stop.wait(delay):
                 return None
 

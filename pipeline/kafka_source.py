@@ -2,7 +2,7 @@
 
 Beam's ``ReadFromKafka`` needs Java and a Java SDK harness (engineering.md a);
 this source needs neither. The driver fixes each run's bounds before anything
-is read (:func:`plan_ranges`), so a retried run reads exactly the same records,
+is read (:func:`waiting_ranges`, :func:`share_budget`), so a retried run reads exactly the same records,
 and :class:`ReadUsageEvents` reads one ``[start, end)`` range per element with
 kafka-python, decodes the records into numpy chunks (pipeline/decode.py) and
 emits each chunk pre-aggregated (pipeline/aggregate.py): a Beam element is a
@@ -88,12 +88,6 @@ def share_budget(topic: str, waiting: Mapping[int, tuple[int, int]], max_records
             plan.append(OffsetRange(topic, partition, start, start + take))
             budget -= take
     return sorted(plan)
-
-
-def plan_ranges(consumer: KafkaConsumer, topic: str, stored: Mapping[int, int], max_records: int
-                ) -> list[OffsetRange]:
-    """This run's bounds: from the stored offsets up to the high-water marks, within the budget."""
-    return share_budget(topic, waiting_ranges(consumer, topic, stored), max_records)
 
 
 class DeadRecord(NamedTuple):
@@ -374,7 +368,7 @@ class ReadUsageEvents(beam.DoFn):
                 select(t.call_id).where(t.topic == rng.topic, t.partition == rng.partition,
                                         t.committed_at >= since))}
 
-    def _flush(self, builder, seen_events: set[str]) -> tuple[Partial, int]:  # type: ignore[no-untyped-def]
+    def _flush(self, builder, seen_events: set[str]) -> tuple[Partial, int]:
         chunk = builder.take()
         keep = keep_first_event_ids(chunk, seen_events)
         dropped = int(chunk.n - keep.sum()) if keep is not None else 0

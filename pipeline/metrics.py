@@ -55,7 +55,7 @@ def serve(listen: str, health: Health) -> ThreadingHTTPServer:
     host, _, port = listen.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             if self.path.startswith("/metrics"):
                 body, code, ctype = generate_latest(), 200, CONTENT_TYPE_LATEST
             elif self.path.startswith("/healthz"):

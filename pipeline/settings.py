@@ -46,7 +46,8 @@ class PipelineSettings:
     purge_every_runs: int = setting(100, env="APIM_PIPELINE_PURGE_EVERY_RUNS",
                                     help="in follow mode, enforce retention after this many runs (0: never)")
     metrics_listen: str = setting("127.0.0.1:9103", env="APIM_PIPELINE_METRICS_LISTEN",
-                                  help="follow mode: HOST:PORT serving Prometheus /metrics and /healthz ('' to disable)")
+                                  help="follow mode: HOST:PORT serving Prometheus /metrics and /healthz "
+                                       "('' to disable)")
     unhealthy_after_s: float = setting(300.0, env="APIM_PIPELINE_UNHEALTHY_AFTER_S",
                                        help="/healthz turns 503 when records have waited this long with no run "
                                             "committing")

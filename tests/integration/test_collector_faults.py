@@ -22,11 +22,11 @@ import grpc
 import pytest
 
 from apim_analytics.demo import _free_port, start_collector, stop_collector
-from simulator.check import compare
 from pipeline.job import run as run_pipeline
 from pipeline.settings import PipelineSettings
 from schemas.mixer.template.metric import template_handler_service_pb2_grpc as metric_grpc
 from simulator.catalog import build_catalog
+from simulator.check import compare
 from simulator.cli import SimulationConfig, simulate
 from simulator.mixer import build_requests
 from simulator.tokens import Credentials, SigningKey, subscription_catalog_rows

@@ -33,28 +33,34 @@ import pytest
 from google.protobuf import any_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from hypothesis import HealthCheck, event, example, given, settings, strategies as st
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import REGISTRY
 
 from collector.adapter_config import PARAMS_TYPE_URL
-from collector.columns import rows
 from collector.credentials import credential_hash
 from collector.mapping import short_name
-from core.record_format import DEAD_LETTER_SCHEMA, USAGE_RECORD_SCHEMA as USAGE_SCHEMA
 from collector.settings import CollectorSettings
+from core.record_format import DEAD_LETTER_SCHEMA
+from core.record_format import USAGE_RECORD_SCHEMA as USAGE_SCHEMA
 from schemas.apim.collector.v1 import adapter_config_pb2
-from schemas.apim.usage.v1 import dead_letter_pb2, usage_event_columns_pb2 as cols_pb
+from schemas.apim.usage.v1 import dead_letter_pb2
+from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
 from schemas.mixer.adapter.model.v1beta1 import (
     infrastructure_backend_pb2 as ib_pb2,
+)
+from schemas.mixer.adapter.model.v1beta1 import (
     infrastructure_backend_pb2_grpc as ib_grpc,
 )
 from schemas.mixer.template.metric import template_handler_service_pb2 as m
-from schemas.policy.v1beta1 import type_pb2 as t, value_type_pb2 as vt
+from schemas.policy.v1beta1 import type_pb2 as t
+from schemas.policy.v1beta1 import value_type_pb2 as vt
 from tests.conftest import KAFKA
 from tests.integration.test_spine import RunningCollector
+from tests.support.columns import rows
 from tests.unit.test_mapping import CLAIMS, _b64, make_jwt, wso2_instance
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from core.settings import SettingsError
 from collector.settings import CollectorSettings
+from core.settings import SettingsError
 from schemas.mixer.template.metric import template_handler_service_pb2 as m
 from tests.integration.test_collector_grpc import TIMEOUT, good_wso2, running_collector, send
 from tests.integration.test_spine import RunningCollector
@@ -48,7 +48,7 @@ def _name(cn: str) -> x509.Name:
 
 def _issue(cn: str, issuer: Issued | None, *, ca: bool = False, server: bool = False) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder()
                .subject_name(_name(cn))
                .issuer_name(issuer.cert.subject if issuer else _name(cn))

@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from apim_analytics.cli import main
+from bench.feed import Feed, simulated_events
 from collector.columns import build_columns
 from dashboards.data import dashboard_data
 from dashboards.server import Dashboard, start_server
@@ -32,7 +33,6 @@ from pipeline.commit import commit_run
 from pipeline.decode import ChunkBuilder
 from pipeline.kafka_source import OffsetRange
 from query.usage import usage
-from bench.feed import Feed, simulated_events
 from simulator.ground_truth import GroundTruth
 from store import tables as t
 from store.engine import create_schema, make_engine

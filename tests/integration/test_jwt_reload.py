@@ -22,15 +22,15 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-
 from google.protobuf import timestamp_pb2
 from kafka import KafkaConsumer, TopicPartition
 
 from apim_analytics.demo import _free_port, start_collector, stop_collector
-from collector.columns import rows
-from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb, usage_event_pb2 as pb
+from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
+from schemas.apim.usage.v1 import usage_event_pb2 as pb
 from schemas.mixer.template.metric import template_handler_service_pb2 as m
 from schemas.policy.v1beta1 import type_pb2 as t
+from tests.support.columns import rows
 from tests.unit.test_jwt_verify import jwk, mint, write_jwks
 from tests.unit.test_mapping import CLAIMS, wso2_instance
 

@@ -22,17 +22,18 @@ from sqlalchemy import func, select, text
 
 import pipeline.job as job
 import pipeline.kafka_source as source
-from simulator.check import compare_all
+from bench.feed import Feed, simulated_calls
 from collector.columns import build_columns
+from core.record_format import USAGE_RECORD_SCHEMA
 from pipeline.commit import stored_offsets
 from pipeline.job import run, run_once
 from pipeline.settings import PipelineSettings
 from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
-from core.record_format import USAGE_RECORD_SCHEMA
-from bench.feed import Feed, simulated_calls
+from simulator.check import compare_all
 from simulator.ground_truth import GroundTruth
 from store import tables as t
 from store.engine import make_engine
+from tests.support.planning import plan_ranges
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -158,7 +159,7 @@ def test_a_replay_of_the_same_offsets_is_refused_and_changes_nothing(
     job.prepare_store(s)
     engine = make_engine(store_url)
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
-    plan = source.plan_ranges(consumer, topic, stored_offsets(engine, topic), 10_000)
+    plan = plan_ranges(consumer, topic, stored_offsets(engine, topic), 10_000)
     consumer.close()
     assert run(s)[0].events == 3_000
     offsets = stored_offsets(engine, topic)

@@ -19,13 +19,13 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
-from simulator.check import compare, stored_cells, truth_cells
 from collector.server import Collector
 from collector.settings import CollectorSettings
 from pipeline.job import run as run_pipeline
 from pipeline.settings import PipelineSettings
 from schemas.mixer.template.metric import template_handler_service_pb2_grpc as metric_grpc
 from simulator.catalog import build_catalog
+from simulator.check import compare, stored_cells, truth_cells
 from simulator.cli import SimulationConfig, simulate
 from simulator.mixer import build_requests
 from simulator.tokens import Credentials, SigningKey, subscription_catalog_rows

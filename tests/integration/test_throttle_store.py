@@ -15,9 +15,21 @@ from apim_analytics.cli import main
 from store import throttle
 from store.engine import create_schema, make_engine
 from store.tables import throttle_counters, throttle_decisions, throttle_policies
-from store.throttle import (ThrottleAssignment, ThrottleCount, ThrottlePolicy, ThrottleStatus, api_key,
-                            application_key, apply_counts, ensure_default_policies, load_policies, store_policies,
-                            subscription_key, throttle_status, throttled_keys)
+from store.throttle import (
+    ThrottleAssignment,
+    ThrottleCount,
+    ThrottlePolicy,
+    ThrottleStatus,
+    api_key,
+    application_key,
+    apply_counts,
+    ensure_default_policies,
+    load_policies,
+    store_policies,
+    subscription_key,
+    throttle_status,
+    throttled_keys,
+)
 
 pytestmark = pytest.mark.integration
 

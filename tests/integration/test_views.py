@@ -33,9 +33,9 @@ pytestmark = pytest.mark.integration
 D1, D2 = datetime(2026, 3, 1), datetime(2026, 3, 2)
 M1 = datetime(2026, 3, 1)
 SEEN = datetime(2026, 3, 1, 12, 0)
-ZERO_HIST = {c: 0 for c in HISTOGRAM_COLUMNS}
+ZERO_HIST = dict.fromkeys(HISTOGRAM_COLUMNS, 0)
 # executemany needs the same keys in every row: every measure, 0 unless given
-ZERO_MEASURES = {c: 0 for c in (*USAGE_SUM_COLUMNS, *USAGE_MIN_COLUMNS, *USAGE_MAX_COLUMNS)}
+ZERO_MEASURES = dict.fromkeys((*USAGE_SUM_COLUMNS, *USAGE_MIN_COLUMNS, *USAGE_MAX_COLUMNS), 0)
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,7 @@ def test_auto_granularity_is_the_finest_that_holds_the_range_and_fits() -> None:
     assert choose_granularity(start, end, every, 300) == "hour"
     purged = every | {"minute": dt.datetime(2026, 11, 1, 8, 0)}  # retention took the first two hours' minutes
     assert choose_granularity(start, end, purged, 400) == "hour"
-    assert choose_granularity(start, end, {g: None for g in every}, 400) == "month"  # nothing stored
+    assert choose_granularity(start, end, dict.fromkeys(every), 400) == "month"  # nothing stored
     assert choose_granularity(dt.datetime(2020, 1, 1), dt.datetime(2026, 1, 1), every, 400) == "month"
 
 

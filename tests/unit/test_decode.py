@@ -173,9 +173,9 @@ _UNKNOWN_FIELD_IN_MAP_ENTRY = [
     # request{1: instance{2: entry{3: varint 1}}}: the smallest input of the kind the corrupted-bytes
     # property found (an entry whose value tag a flipped byte had turned into an unknown fixed32 field 423);
     # this entry has no key (reads as '') and no value, only an unknown varint field 3: the extra '' key.
-    bytes.fromhex("0a04" "1202" "1801"),
+    bytes.fromhex("0a0412021801"),
     # entry{1: varint 1}: the key's field number with wire type 0 instead of 2.
-    bytes.fromhex("0a04" "1202" "0801"),
+    bytes.fromhex("0a0412020801"),
     # entry{1: "a", 2: varint 1}: a keyed entry whose value has wire type 0 instead of 2.
     _ld(1, _ld(2, _ld(1, b"a") + b"\x10\x01")),
     # entry{1: "a", 5: fixed32 0} after entry{1: "a", 2: Value{string "x"}}: upb keeps the first value.

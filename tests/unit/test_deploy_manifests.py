@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from google.protobuf import descriptor_pb2
 
-from core.settings import resolve
 from collector import mapping
 from collector.settings import CollectorSettings
+from core.settings import resolve
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -102,7 +102,8 @@ def test_publisher_turns_too_large_into_record_rejected(exc: BaseException) -> N
 
 
 def test_publisher_turns_timeouts_into_its_kafka_unavailable() -> None:
-    from collector.errors import CollectorError, KafkaUnavailable as CollectorKafkaUnavailable
+    from collector.errors import CollectorError
+    from collector.errors import KafkaUnavailable as CollectorKafkaUnavailable
 
     ours = _publisher().translate(kerr.KafkaTimeoutError("Batch expired"))
     assert isinstance(ours, CollectorKafkaUnavailable) and isinstance(ours, CollectorError) and ours.retriable
@@ -110,7 +111,8 @@ def test_publisher_turns_timeouts_into_its_kafka_unavailable() -> None:
 
 def test_confluent_codes_are_translated() -> None:
     confluent_kafka = pytest.importorskip("confluent_kafka")
-    from collector.errors import KafkaUnavailable as CollectorKafkaUnavailable, RecordRejected
+    from collector.errors import KafkaUnavailable as CollectorKafkaUnavailable
+    from collector.errors import RecordRejected
 
     KafkaError, KafkaException = confluent_kafka.KafkaError, confluent_kafka.KafkaException
     publisher = _publisher("confluent")
@@ -275,9 +277,8 @@ def test_beam_fnapirunner_reraises_a_dofn_error_as_found() -> None:
         def process(self, _x):  # type: ignore[no-untyped-def]
             raise StoreUnavailable("db away", hint="start it")
 
-    with pytest.raises(Exception) as info:
-        with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-            _ = p | beam.Create([1]) | beam.ParDo(Boom())
+    with pytest.raises(Exception) as info, beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+        _ = p | beam.Create([1]) | beam.ParDo(Boom())
     found = runner_error(info.value)
     assert isinstance(found, StoreUnavailable) and found.hint == "start it" and found.retriable
 
@@ -285,10 +286,9 @@ def test_beam_fnapirunner_reraises_a_dofn_error_as_found() -> None:
 # --- the simulator -----------------------------------------------------------------------------------
 
 def test_simulator_unreachable_collector_is_one_retriable_error() -> None:
+    from schemas.mixer.template.metric.template_handler_service_pb2 import HandleMetricRequest
     from simulator.errors import CollectorUnavailable
     from simulator.sender import SendSettings, send
-
-    from schemas.mixer.template.metric.template_handler_service_pb2 import HandleMetricRequest
 
     settings = SendSettings(target="127.0.0.1:1", concurrency=2, timeout_s=1.0, max_attempts=2,
                             initial_backoff_s=0.01, max_backoff_s=0.01)

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from collector.jwt_verify import (
     SUPPORTED_ALGORITHMS,
@@ -142,8 +143,8 @@ def self_signed(key: rsa.RSAPrivateKey) -> bytes:
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "WSO2")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc))
-            .not_valid_after(dt.datetime(2123, 1, 1, tzinfo=dt.timezone.utc))
+            .not_valid_before(dt.datetime(2023, 1, 1, tzinfo=dt.UTC))
+            .not_valid_after(dt.datetime(2123, 1, 1, tzinfo=dt.UTC))
             .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -563,8 +564,8 @@ def test_certificate_bundle_and_expired_certificate(keys: Keys, tmp_path: Path,
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")])
     expired = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                .public_key(keys.rsa_rotated.public_key()).serial_number(1)
-               .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc))
-               .not_valid_after(dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc))
+               .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+               .not_valid_after(dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
                .sign(keys.rsa_rotated, hashes.SHA256()))
     bundle = tmp_path / "bundle.crt"
     bundle.write_bytes(self_signed(keys.rsa) + expired.public_bytes(serialization.Encoding.PEM))

@@ -146,5 +146,5 @@ def test_record_headers_match_the_schemas() -> None:
     from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
     from schemas.apim.usage.v1.usage_event_columns_pb2 import UsageEventColumns
 
-    assert USAGE_RECORD_SCHEMA == f"{UsageEventColumns.DESCRIPTOR.full_name};format={USAGE_RECORD_FORMAT}".encode()
-    assert DEAD_LETTER_SCHEMA == DeadLetter.DESCRIPTOR.full_name.encode()
+    assert f"{UsageEventColumns.DESCRIPTOR.full_name};format={USAGE_RECORD_FORMAT}".encode() == USAGE_RECORD_SCHEMA
+    assert DeadLetter.DESCRIPTOR.full_name.encode() == DEAD_LETTER_SCHEMA

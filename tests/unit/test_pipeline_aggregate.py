@@ -108,7 +108,7 @@ def reference(events: list[dict], fold=None) -> dict:  # type: ignore[no-untyped
                 ["UNKNOWN", "PRODUCTION", "SANDBOX"][kt] if 0 <= kt <= 2 else "UNKNOWN", resource, e["api_method"])
         lat = _clean_ms(e["response_latency_ms"])
         lat_us, backend_us = round(lat * 1000), round(_clean_ms(e["backend_latency_ms"]) * 1000)
-        sums = {c: 0 for c in USAGE_SUM_COLUMNS}
+        sums = dict.fromkeys(USAGE_SUM_COLUMNS, 0)
         sums.update(requests=1, faults=int(e["fault"]), throttled_out=int(e["throttled_out"]),
                     request_bytes=e["request_size_bytes"], response_bytes=e["response_size_bytes"],
                     latency_sum_us=lat_us, backend_latency_sum_us=backend_us, latency_min_us=lat_us,

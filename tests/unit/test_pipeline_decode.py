@@ -17,6 +17,7 @@ from pipeline.decode import AGGREGATED_COLUMNS, STRING, ChunkBuilder, PoisonReco
 from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
 from schemas.apim.usage.v1 import usage_event_pb2 as pb
 
+
 def fast(n: int) -> settings:
     return settings(max_examples=n, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -194,7 +195,7 @@ def _rich_record() -> bytes:
 def test_builders_agree_on_every_single_byte_corruption() -> None:
     prefix, value = PACKED.SerializeToString(), _rich_record()
     variants = [value[:i] for i in range(len(value))]
-    variants += [value[:i] + bytes([value[i] ^ m]) + value[i + 1:] 
+    variants += [value[:i] + bytes([value[i] ^ m]) + value[i + 1:]
                  for i in range(len(value)) for m in (0x80, 0x40, 0x01, 0xFF)]
     outcomes = {"poison": 0, "ok": 0}
     comp, ref = compiled(), reference()  # take() starts each one afresh

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import SettingsError, add_flags, resolve
 from collector.settings import CollectorSettings
+from core.settings import SettingsError, add_flags, resolve
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

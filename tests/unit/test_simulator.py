@@ -25,8 +25,8 @@ from schemas.mixer.template.metric.template_handler_service_pb2 import HandleMet
 from simulator import cli
 from simulator.catalog import APPLICATION_TIERS, TIERS, Catalog, build_catalog
 from simulator.config import SimulationConfig
-from simulator.ground_truth import COLUMNS, GroundTruth
 from simulator.errors import CollectorUnavailable
+from simulator.ground_truth import COLUMNS, GroundTruth
 from simulator.mixer import DIMENSION_KINDS, MetricRequestBuilder, build_instance, build_requests
 from simulator.runner import resolve_start_ms, simulate
 from simulator.sender import SendSettings, send

@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from store.throttle import (DEFAULT_POLICIES, PolicyError, ThrottleAssignment, ThrottlePolicy, api_key,
-                            application_key, load_policies_file, subscription_key, window_for)
+from store.throttle import (
+    DEFAULT_POLICIES,
+    PolicyError,
+    ThrottleAssignment,
+    ThrottlePolicy,
+    api_key,
+    application_key,
+    load_policies_file,
+    subscription_key,
+    window_for,
+)
 
 
 def _policy(unit_time: int = 1, time_unit: str = "min") -> ThrottlePolicy:
