@@ -1,7 +1,7 @@
 """The Grafana dashboards (dashboards/grafana/*.json) on the real PostgreSQL store, panel by panel.
 
 Every panel target's rawSql and every templating query is expanded the way Grafana's PostgreSQL data
-source expands it (dashboards/grafana_macros.py: template variables, then ``$__timeFilter``,
+source expands it (tests/support/grafana_macros.py: template variables, then ``$__timeFilter``,
 ``$__timeGroupAlias`` ...), run in a read-only transaction on a PostgreSQL store filled through the
 pipeline's own commit path (collector columns -> aggregation -> commit_run, several runs, plus stored
 throttle policies), and its result compared exactly with numbers computed independently:
@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from dashboards.grafana_macros import ALL, Variable, render
+from tests.support.grafana_macros import ALL, Variable, render
 from pipeline.commit import commit_run
 from pipeline.kafka_source import OffsetRange
 from query.usage import usage

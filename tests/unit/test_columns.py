@@ -6,10 +6,11 @@ from collections import Counter
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from collector.columns import build_columns, partition_for, partitioned_records, rows
+from collector.columns import build_columns, partition_for, partitioned_records
 from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
 from schemas.apim.usage.v1 import usage_event_pb2 as pb
 from schemas.codegen import REPO_ROOT, columns_proto_text
+from tests.support.columns import rows
 
 
 def test_columns_proto_is_generated_from_usage_event() -> None:

@@ -1,5 +1,5 @@
 """The Grafana dashboards' JSON (dashboards/grafana/*.json) is importable and every query follows the rules,
-and the macro expander the integration test relies on (dashboards/grafana_macros.py) expands as Grafana does.
+and the macro expander the integration test relies on (tests/support/grafana_macros.py) expands as Grafana does.
 
 Rules checked on every dashboard, without a database:
 - importable: ``__inputs`` declares the data source ``DS_APIM`` (PostgreSQL), and every panel, target and
@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from dashboards.grafana_macros import (
+from tests.support.grafana_macros import (
     ALL,
     MacroError,
     Variable,

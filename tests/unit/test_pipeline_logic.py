@@ -11,7 +11,8 @@ from collector.columns import build_columns
 from pipeline.aggregate import aggregate_chunk
 from pipeline.decode import Chunk, ChunkBuilder
 from pipeline.job import MergeReadResults
-from pipeline.kafka_source import OffsetRange, ReadResult, plan_ranges
+from pipeline.kafka_source import OffsetRange, ReadResult
+from tests.support.planning import plan_ranges
 
 
 class FakeConsumer:
