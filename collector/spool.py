@@ -629,7 +629,7 @@ class Spool:
         """
         try:
             # Closing the raw file first makes the buffered writer drop, not flush, what it still holds.
-            self._w_file.raw.close()  # type: ignore[attr-defined]
+            self._w_file.raw.close()  # type: ignore[attr-defined]  # IO[bytes] does not declare .raw; it is a BufferedWriter
             for number in created:
                 self._segment_path(number).unlink(missing_ok=True)
             path = self._segment_path(seg)

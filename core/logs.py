@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from typing import TextIO
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -41,17 +42,17 @@ class _DropKnownNoise(logging.Filter):
         return not str(record.msg).startswith("apitools not found")
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is at emit time, not the stream current at configure time
     (a process that swaps stderr, such as a test runner capturing output, must not leave the handler
     writing to a closed stream)."""
 
     @property
-    def stream(self):  # type: ignore[no-untyped-def]
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:  # type: ignore[no-untyped-def]
+    def stream(self, _value: TextIO) -> None:
         pass
 
 
@@ -72,7 +73,7 @@ def configure(level: str | None = None) -> None:
     else:
         handler.setFormatter(JsonFormatter())
     handler.addFilter(_DropKnownNoise())
-    handler._apim = True  # type: ignore[attr-defined]
+    handler._apim = True  # type: ignore[attr-defined]  # our marker attribute, not a Handler field
     root.addHandler(handler)
     root.setLevel(level_name)
     # Third-party clients are chatty at INFO (kafka-python logs every connection).
