@@ -14,7 +14,8 @@ import argparse
 import time
 
 from bench.feed import simulated_calls
-from pipeline.decode import AGGREGATED_COLUMNS, ChunkBuilder, CompiledChunkBuilder
+from pipeline.builders import CompiledChunkBuilder
+from pipeline.decode import AGGREGATED_COLUMNS, ChunkBuilder
 
 
 def records(seed: int = 5, rate: float = 2000, duration_s: float = 60, partitions: int = 6) -> list[bytes]:
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     values = records(duration_s=args.duration_s)
     size = sum(map(len, values))
-    builders = [("compiled", CompiledChunkBuilder)] if CompiledChunkBuilder is not None else []
-    if args.reference or not builders:
+    builders = [("compiled", CompiledChunkBuilder)]
+    if args.reference:
         builders.append(("reference", ChunkBuilder))
     for name, make in builders:
         cpu, n = time_builder(make, values, args.repeat)

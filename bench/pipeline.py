@@ -40,7 +40,7 @@ from collector.columns import BatchRecord, partitioned_records
 from core.record_format import USAGE_RECORD_SCHEMA
 from core.topics import ensure_topic
 from pipeline.aggregate import aggregate_chunk, finish, merge
-from pipeline.decode import new_builder
+from pipeline.builders import new_builder
 from pipeline.job import run
 from pipeline.settings import PipelineSettings
 from schemas.apim.usage.v1.usage_event_columns_pb2 import UsageEventColumns

@@ -13,7 +13,8 @@ Two builders with one interface:
 - :class:`ChunkBuilder` here, the reference, parses with the protobuf runtime.
 tests/unit/test_pipeline_decode.py checks they agree, with hypothesis.
 
-:func:`new_builder` picks the compiled one when it was built.
+:func:`pipeline.builders.new_builder` picks the compiled one (this module must not import it:
+``pipeline._columns`` builds on the types defined here).
 """
 
 from __future__ import annotations
@@ -185,20 +186,3 @@ class ChunkBuilder:
         )
         self._reset()
         return chunk
-
-
-try:  # the compiled builder (setup.py builds it; optional)
-    from pipeline._columns import CompiledChunkBuilder
-except ImportError:  # pragma: no cover - depends on the build
-    CompiledChunkBuilder = None
-    log.warning("compiled decoder pipeline._columns not built; using the slower protobuf-runtime builder")
-
-COMPILED = CompiledChunkBuilder is not None
-
-
-def new_builder(spec: Sequence[ColumnSpec] = AGGREGATED_COLUMNS, *, compiled: bool = True,
-                capacity: int = 1 << 16) -> ChunkBuilder:
-    """The fastest available builder."""
-    if compiled and CompiledChunkBuilder is not None:
-        return CompiledChunkBuilder(spec, capacity)
-    return ChunkBuilder(spec, capacity)

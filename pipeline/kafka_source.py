@@ -31,7 +31,8 @@ from kafka.errors import KafkaError
 from core.kafka_errors import KAFKA_HINT, KafkaUnavailable, kafka_place, translate_kafka
 from core.record_format import USAGE_RECORD_SCHEMA
 from pipeline.aggregate import Partial, aggregate_chunk
-from pipeline.decode import Chunk, new_builder
+from pipeline.builders import new_builder
+from pipeline.decode import Chunk
 from pipeline.errors import DeadLetterCode, PoisonRecord
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import pytest
 
 from collector.columns import build_columns
 from pipeline.aggregate import DESTINATION_KEY, THROTTLE_KEY, USAGE_KEY, USER_DAY_KEY, aggregate_chunk, finish, merge
-from pipeline.decode import new_builder
+from pipeline.builders import new_builder
 from pipeline.resources import OTHER, resource_of
 from store.latency import BUCKET_COUNT, bucket_bounds, histogram_column
 from store.tables import DESTINATION_SUM_COLUMNS, USAGE_SUM_COLUMNS, USER_DAY_SUM_COLUMNS
