@@ -21,7 +21,7 @@ PARAMS_TYPE_URL = "type.googleapis.com/apim.collector.v1.Params"
 # The WSO2 istio-apim adapter's params: accepted so its handler can point here unchanged.
 WSO2_PARAMS_TYPE_URL = "type.googleapis.com/adapter.wso2.config.Params"
 
-_STRINGISH = {vt.STRING, vt.IP_ADDRESS, vt.DNS_NAME, vt.EMAIL_ADDRESS, vt.URI, vt.INT64, vt.DOUBLE, vt.BOOL}
+_STRINGISH: set[int] = {vt.STRING, vt.IP_ADDRESS, vt.DNS_NAME, vt.EMAIL_ADDRESS, vt.URI, vt.INT64, vt.DOUBLE, vt.BOOL}
 
 
 def _accepted_types(field_name: str) -> set[int]:

@@ -23,22 +23,16 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from collector import _wire  # the compiled fast path: setup.py must build it
 from collector.errors import MalformedCall  # raised here; defined with the collector's other errors
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
 from schemas.policy.v1beta1 import type_pb2
 
 log = logging.getLogger(__name__)
 
-try:  # the compiled fast path, built by `pip install` (setup.py)
-    from collector import _wire
-except ImportError:  # pragma: no cover - no compiler at install time
-    _wire = None
-    log.warning("compiled decoder collector._wire not built; using the slower protobuf-runtime decoder")
 
 Instance = tuple[str, Any, dict[str, Any], int, int]
 Decoded = tuple[str, bytes | None, list[Instance]]
-
-COMPILED = _wire is not None
 
 
 def value_to_native(value: type_pb2.Value) -> Any:
@@ -83,12 +77,10 @@ def decode_call(raw: bytes) -> Decoded:
     Raises:
         MalformedCall: neither decoder accepts the bytes.
     """
-    if _wire is not None:
-        try:
-            return _wire.decode_call(raw)
-        except _wire.Unsupported:
-            pass
-    return decode_reference(raw)
+    try:
+        return _wire.decode_call(raw)
+    except _wire.Unsupported:
+        return decode_reference(raw)
 
 
 def instance_message(raw: bytes, instance: Instance, index: int) -> metric_pb2.InstanceMsg:

@@ -421,7 +421,7 @@ class JwtVerifier:
                 configuration error to fix, not something to run without.
         """
         given: list[tuple[SourceKind, Path]] = [
-            (kind, Path(p)) for kind, p in (("jwks", jwks), ("certificate", certificate), ("public_key", public_key))
+            (kind, Path(p)) for kind, p in (("jwks", jwks), ("certificate", certificate), ("public_key", public_key))  # type: ignore[misc]  # mypy widens the literal tuple's kinds to str
             if p is not None and str(p) != ""
         ]
         if not given:

@@ -783,9 +783,10 @@ class Spool:
             for n in doomed:
                 del self._segments[n]
             self._handed = self._trim_handed(upto, new_pos) if from_handed else _Handed(new_pos)
-            job = asyncio.get_running_loop().run_in_executor(self._executor, self._persist, new_pos, doomed)
-            cancelled = await _wait_done(job)
-            job.result()
+            persisted: asyncio.Future[None] = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._persist, new_pos, doomed)
+            cancelled = await _wait_done(persisted)
+            persisted.result()
             if cancelled:
                 raise asyncio.CancelledError
 

@@ -11,7 +11,7 @@ No I/O here, so tests can feed it chunks directly. Two steps:
    cardinality guard and rolls minutes up into hours, days and months.
 
 Why group in the reader rather than shuffle events: Beam's local runners pay
-per element (engineering.md b); a chunk becomes a handful of small frames.
+per element (docs/kafka-and-beam.md section 2); a chunk becomes a handful of small frames.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
 
 def _throttle_counts(dims: _Dims, minute: np.ndarray, mcard: int, minute_ms: np.ndarray, admitted: np.ndarray,
                      nbytes: np.ndarray, usage_rep: np.ndarray, usage_g: np.ndarray, usage_ng: int) -> pd.DataFrame:
-    """Admitted requests and bytes per throttle key, policy and minute (WSO2 keys, domain.md 4.2).
+    """Admitted requests and bytes per throttle key, policy and minute (WSO2 keys, docs/wso2-analytics.md section 4.2).
 
     Throttled-out requests never reached the backend, so they do not use quota. The subscription and
     API keys are coarser than the usage facts' key, so they are summed from the usage groups (far
@@ -361,7 +361,7 @@ def finish(total: Partial, admitted: Mapping[tuple[str, str], frozenset[str]], m
             folded = usage[fold]
             folds = (folded.assign(bucket_ms=folded["bucket_ms"] - folded["bucket_ms"] % DAY_MS)
                      .groupby(["bucket_ms", "api_name", "api_version"], as_index=False, sort=False)["requests"].sum()
-                     .rename(columns={"requests": "folded_requests"}))
+                     .rename(columns={"requests": "folded_requests"}))  # type: ignore[call-overload]  # as_index=False makes a DataFrame; the stubs say Series
             usage = usage.copy()
             usage.loc[fold, "resource_template"] = OTHER
             usage = _regroup(usage, USAGE_KEY, _USAGE_AGG)

@@ -15,8 +15,8 @@ __all__ = ["CompiledChunkBuilder", "new_builder"]
 
 
 def new_builder(spec: Sequence[ColumnSpec] = AGGREGATED_COLUMNS, *, compiled: bool = True,
-                capacity: int = 1 << 16) -> ChunkBuilder:
+                capacity: int = 1 << 16) -> ChunkBuilder | CompiledChunkBuilder:
     """A builder for ``spec``: the compiled one unless ``compiled`` is False."""
     if compiled:
-        return CompiledChunkBuilder(spec, capacity)  # type: ignore[no-any-return]  # Cython class: no stubs
+        return CompiledChunkBuilder(spec, capacity)
     return ChunkBuilder(spec, capacity)

@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from sqlalchemy import Engine
 
@@ -56,7 +56,7 @@ from store.retention import RetentionSettings, purge
 log = logging.getLogger(__name__)
 
 # FnApiRunner in-process: the DirectRunner would first try Prism, which
-# downloads a binary at run time (engineering.md b). Users override with --runner.
+# downloads a binary at run time (docs/kafka-and-beam.md section 2). Users override with --runner.
 DEFAULT_BEAM_ARGS = ["--runner=FnApiRunner"]
 
 
@@ -119,7 +119,7 @@ class DeadLetters:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self._producer = None
+        self._producer: KafkaProducer | None = None
 
     def publish(self, dead: Sequence[DeadRecord]) -> None:
         """Copy ``dead`` to the topic and wait for Kafka's acknowledgement of every copy.
@@ -142,8 +142,6 @@ class DeadLetters:
         from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
 
         if self._producer is None:  # most runs have no dead records and need no producer
-            from kafka import KafkaProducer
-
             from core.topics import ensure_topic
 
             ensure_topic(self.bootstrap, self.topic, partitions=1)
@@ -177,7 +175,7 @@ class CommitRun(beam.DoFn):
         self.settings = settings
         self.plan = plan
         self.admitted = admitted
-        self._engine = None
+        self._engine: Engine | None = None
         self._dead_letters: DeadLetters | None = None
 
     def setup(self) -> None:
@@ -191,7 +189,7 @@ class CommitRun(beam.DoFn):
             self._dead_letters.close()
 
     def process(self, result: ReadResult) -> Iterable[dict]:
-        assert self._dead_letters is not None
+        assert self._dead_letters is not None and self._engine is not None  # setup() ran
         self._dead_letters.publish(sorted(result.dead))
         facts = finish(result.partial or empty_partial(), self.admitted, self.settings.max_resources_per_api)
         written = commit_run(self._engine, self.plan, facts, result.new_calls,

@@ -1,6 +1,6 @@
 """A pure-Python bounded Kafka source: explicit offset ranges per partition.
 
-Beam's ``ReadFromKafka`` needs Java and a Java SDK harness (engineering.md a);
+Beam's ``ReadFromKafka`` needs Java and a Java SDK harness (docs/kafka-and-beam.md section 1);
 this source needs neither. The driver fixes each run's bounds before anything
 is read (:func:`waiting_ranges`, :func:`share_budget`), so a retried run reads exactly the same records,
 and :class:`ReadUsageEvents` reads one ``[start, end)`` range per element with
@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import apache_beam as beam
 import numpy as np
@@ -34,6 +34,9 @@ from pipeline.aggregate import Partial, aggregate_chunk
 from pipeline.builders import new_builder
 from pipeline.decode import Chunk
 from pipeline.errors import DeadLetterCode, PoisonRecord
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +195,11 @@ class ConfluentRanges:
                 for m in messages:
                     if m.error() is not None:  # a KafkaError: translated by its code, like a raised one
                         raise KafkaException(m.error())
-                    position = m.offset() + 1
-                    if m.offset() < rng.end:
-                        batch.append(SourceRecord(m.offset(), m.key(), m.value(), m.headers()))
+                    offset = cast(int, m.offset())  # a consumed message always has one
+                    position = offset + 1
+                    if offset < rng.end:
+                        batch.append(SourceRecord(offset, m.key(), m.value(),
+                                                  cast("list[tuple[str, bytes]] | None", m.headers())))
                 if not messages:
                     idle += 1
                     if idle > self.max_idle_polls:
@@ -213,7 +218,8 @@ class ConfluentRanges:
         self._consumer.close()
 
 
-KAFKA_CLIENTS = {"kafka-python": KafkaPythonRanges, "confluent": ConfluentRanges}
+KAFKA_CLIENTS: dict[str, type[KafkaPythonRanges] | type[ConfluentRanges]] = {
+    "kafka-python": KafkaPythonRanges, "confluent": ConfluentRanges}
 
 _IDLE_READERS: dict[tuple[str, str, int, int], list[KafkaPythonRanges | ConfluentRanges]] = {}
 _IDLE_LOCK = threading.Lock()
@@ -336,7 +342,7 @@ class ReadUsageEvents(beam.DoFn):
         self.duplicates = Metrics.counter(self.__class__, "duplicate_events")
         self.poison = Metrics.counter(self.__class__, "undecodable_records")
         self._reader: KafkaPythonRanges | ConfluentRanges | None = None
-        self._engine = None
+        self._engine: Engine | None = None
 
     def setup(self) -> None:
         self._reader = take_reader(self.kafka_client, self.bootstrap, self.poll_timeout_ms, self.max_idle_polls)

@@ -287,5 +287,5 @@ def send(requests: Iterable[HandleMetricRequest], settings: SendSettings = SendS
                                        ) from exc
         raise SimulatorError(message) from exc
     finally:
-        if own:
+        if own and channel is not None:
             channel.close()

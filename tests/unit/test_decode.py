@@ -57,7 +57,7 @@ def test_every_kind_decodes_the_same_both_ways(value: t.Value, expected: object)
 
 def test_the_compiled_decoder_is_built() -> None:
     """The fast path is what production runs; the install must have built it."""
-    assert decode.COMPILED
+    assert decode._wire.__file__.endswith(".so")
 
 
 def test_both_compiled_decoders_give_up_with_the_one_shared_error() -> None:
