@@ -21,7 +21,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 START, END = "<!-- bench:summary:start -->", "<!-- bench:summary:end -->"
-MIXER_CPU_S_PER_1000 = 0.6  # Mixer: about 0.6 vCPU per 1,000 requests/s (peers.md / Istio's published figure)
+MIXER_CPU_S_PER_1000 = 0.6  # Mixer: about 0.6 vCPU per 1,000 requests/s (docs/kafka-and-beam.md section 5)
 
 
 def _load(name: str) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ raises ``Unsupported`` and the caller decodes with the protobuf runtime
 instead, so both paths accept and reject the same inputs.
 tests/unit/test_decode.py checks the two agree, with hypothesis.
 
-Field numbers follow wire.md 1.4 and 2.1; strings are validated as UTF-8 as
+Field numbers follow docs/mixer-wire.md sections 2 and 3; strings are validated as UTF-8 as
 proto3 requires.
 """
 

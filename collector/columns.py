@@ -4,7 +4,7 @@ An event's partition is ``murmur2(application_id) % partitions`` (Kafka's
 default partitioner hash), so an application's events always land on one
 partition, in order. The events of one call that share a partition travel as
 one columnar record: kafka-python costs 40-80 us per record in pure Python
-(engineering.md e), and columns are filled through C-level repeated fields.
+(docs/kafka-and-beam.md section 3), and columns are filled through C-level repeated fields.
 """
 
 from __future__ import annotations

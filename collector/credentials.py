@@ -320,7 +320,7 @@ class CredentialResolver:
                 tier = _text(sub.get("subscriptionTier"))
                 creator = _text(sub.get("publisher"))
                 # The creator's tenant is the publisher's, not subscriberTenantDomain
-                # (the original adapter mixed them up; domain.md 1.2).
+                # (the original adapter mixed them up; docs/wso2-analytics.md section 1).
                 creator_tenant = _tenant_of(creator) if creator else ""
                 break
         user = _text(claims.get("sub"))

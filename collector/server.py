@@ -18,7 +18,7 @@ A HandleMetric call, in order:
    UNAVAILABLE so Mixer retries.
 
 grpc.aio is used because it gave 10-25% more throughput than the sync server
-at the same CPU and a better tail (engineering.md f).
+at the same CPU and a better tail (docs/kafka-and-beam.md section 4).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A record's ``schema`` header names the message type and the format revision;
 a consumer that meets any other value treats the record as poison (dead
 letter, offset advances) rather than guessing. Format 2 dictionary-encodes
 string columns (``StringColumn``); format 1 (plain repeated strings) was never
-released. docs/record-format.md describes the record layout.
+released. The record layout is described in
+schemas/apim/usage/v1/usage_event_columns.proto (``UsageEventColumns``).
 
 The headers are written here as literals so this bottom layer imports nothing
 of the project; tests/unit/test_layering.py checks them against the

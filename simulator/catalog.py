@@ -24,7 +24,7 @@ from itertools import accumulate
 from simulator.config import DEFAULT_PROFILE, SimulationProfile, Weighted
 
 #: WSO2 default subscription (business plan) tiers, requests per minute
-#: (domain.md 4.1); ``None`` is unlimited.
+#: (docs/wso2-analytics.md section 4.1); ``None`` is unlimited.
 TIERS: Mapping[str, int | None] = {"Gold": 5000, "Silver": 2000, "Bronze": 1000, "Unlimited": None,
                                    "Unauthenticated": 500}
 #: WSO2 default application ("per token quota") tiers, requests per minute.

@@ -31,7 +31,7 @@ class SimulationProfile:
     """The simulated deployment: catalog shape, client behaviour and traffic mix.
 
     The defaults model a mid-size WSO2 API Manager 2.6 tenant fronting Istio
-    services (domain.md sections 1.4 and 4.1): a few dozen APIs with a Zipf-like
+    services (docs/wso2-analytics.md sections 1.2 and 4.1): a few dozen APIs with a Zipf-like
     popularity skew, applications that mostly use JWT access tokens, and the
     response-code, latency and size shape typical of JSON REST traffic.
     """
@@ -186,7 +186,7 @@ class SimulationProfile:
     quantile_table_size: int = 4096
 
     # --- Mixer / adapter --------------------------------------------------
-    #: ``adapter.wso2.config.Params`` as shipped (domain.md 1.3), in field order 1..7.
+    #: ``adapter.wso2.config.Params`` as shipped (docs/wso2-analytics.md section 1.1), in field order 1..7.
     adapter_params: tuple[tuple[str, str], ...] = (
         ("validate_subscription", "true"),
         ("disable_hostname_verification", "true"),

@@ -1,8 +1,8 @@
 """Turn simulated requests into the ``HandleMetricRequest`` s Mixer 1.4 sends the WSO2 adapter.
 
-Mixer evaluates the ``wso2-metrics`` metric instance (domain.md 1.4) for each
+Mixer evaluates the ``wso2-metrics`` metric instance (docs/wso2-analytics.md section 1.2) for each
 request and batches the instances for one handler into one
-``/metric.HandleMetricService/HandleMetric`` call (wire.md 2.1-2.3):
+``/metric.HandleMetricService/HandleMetric`` call (docs/mixer-wire.md section 3):
 
 * ``InstanceMsg.name`` = ``wso2-metrics.instance.istio-system``;
 * ``value`` = ``request.size | 0`` as ``int64_value``;

@@ -1,7 +1,7 @@
 """Retention: how long each granularity is kept, and the purge step that enforces it.
 
-Defaults follow WSO2 APIM Analytics' Siddhi ``@purge`` settings (domain.md
-3.1): minutes 72 hours, hours 90 days, days 1 year, months 10 years. Finer
+Defaults follow WSO2 APIM Analytics' Siddhi ``@purge`` settings (docs/wso2-analytics.md
+section 3): minutes 72 hours, hours 90 days, days 1 year, months 10 years. Finer
 tables are what grow with traffic, so they are the ones pruned soonest; the
 coarser rollups keep answering long-range questions after the detail is gone.
 

@@ -35,14 +35,14 @@ GRPC_PORT = 9091
 METRICS_PORT = 9102
 SPOOL_MOUNT = "/var/spool/apim-collector"
 
-# domain.md 1.4: the WSO2 adapter's wso2-metrics instance.
+# docs/wso2-analytics.md section 1.2: the WSO2 adapter's wso2-metrics instance.
 WSO2_DIMENSIONS = {
     "auth_header_value", "api_context", "api_name", "api_version", "resource_path", "resource_path_template",
     "request_method", "user_ip", "user_agent", "request_timestamp", "response_timestamp", "response_size",
     "api_protocol", "response_code", "destination", "request_host",
 }
 
-# wire.md 2.4: Istio 1.4's default metric instances.
+# docs/mixer-wire.md section 4: Istio 1.4's default metric instances.
 ISTIO_VALUES = {
     "requestcount": "1",
     "requestduration": 'response.duration | "0ms"',

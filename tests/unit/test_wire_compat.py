@@ -1,7 +1,7 @@
 """Byte-level proof that our hand-written .proto files speak Istio Mixer's wire format.
 
 ``schemas/`` does not vendor the upstream Istio protos: its .proto files were
-written from the facts in ``shared/reference/wire.md`` (sections 0-2 and 6). On
+written from the facts in ``docs/mixer-wire.md`` (sections 1-3 and 5). On
 the wire, Mixer only sees field numbers, wire types and gRPC method paths, so
 those are what this module checks, independently of our own stubs:
 
@@ -16,9 +16,9 @@ those are what this module checks, independently of our own stubs:
 * gogo ``nullable=false`` makes Go senders emit present-but-empty sub-messages,
   and newer senders may add fields: both must decode without error;
 * every field number, type, enum value, file option and gRPC path that
-  wire.md lists is checked against the descriptors, table-driven.
+  docs/mixer-wire.md lists is checked against the descriptors, table-driven.
 
-If one of these fails, the .proto file and wire.md disagree: fix the .proto
+If one of these fails, the .proto file and docs/mixer-wire.md disagree: fix the .proto
 (and run ``make codegen``), not the test.
 """
 
@@ -275,7 +275,7 @@ def test_hand_encoder_matches_protobuf_spec(encoded: bytes, expected_hex: str) -
 
 
 # --------------------------------------------------------------------------------------
-# 1. InstanceMsg.name: field 72295727, the 5-byte key fa d2 e4 93 02 (wire.md gotcha 2).
+# 1. InstanceMsg.name: field 72295727, the 5-byte key fa d2 e4 93 02 (docs/mixer-wire.md section 3).
 # --------------------------------------------------------------------------------------
 
 
@@ -591,7 +591,7 @@ def test_handle_metric_request_with_single_entry_maps_is_byte_identical() -> Non
     assert built.SerializeToString() == hand
 
 
-# The default Istio 1.4 requestcount instance (wire.md section 2.4), as Mixer would send it.
+# The default Istio 1.4 requestcount instance (docs/mixer-wire.md section 4), as Mixer would send it.
 DEFAULT_DIMENSIONS = [
     ("reporter", hv_string("destination"), ("string_value", "destination")),
     ("source_workload", hv_string("productpage-v1"), ("string_value", "productpage-v1")),
@@ -643,7 +643,7 @@ def test_default_istio_requestcount_instance_decodes() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# 4. Present-but-empty and absent sub-messages (gogo nullable=false, wire.md section 6).
+# 4. Present-but-empty and absent sub-messages (gogo nullable=false, docs/mixer-wire.md section 5).
 # --------------------------------------------------------------------------------------
 
 EMPTY_SUBMESSAGE_CASES = [
@@ -824,7 +824,7 @@ def test_unknown_enum_number_is_kept() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# 6. gRPC services, method paths and packages (wire.md gotcha 1, sections 1.1 and 2).
+# 6. gRPC services, method paths and packages (docs/mixer-wire.md sections 1 and 1.1).
 # --------------------------------------------------------------------------------------
 
 RPCS = [
@@ -1036,7 +1036,7 @@ def test_report_result_is_empty() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# 7. Field numbers and types of every message in wire.md 1.1, 1.2, 1.4 and 2.1.
+# 7. Field numbers and types of every message in docs/mixer-wire.md sections 1.1, 1.2, 2 and 3.
 # --------------------------------------------------------------------------------------
 
 _SCALAR_NAMES = {
@@ -1146,7 +1146,7 @@ def test_field_number_and_type(message: str, field: str, number: int, type_: str
 
 
 @pytest.mark.parametrize("message", COMPLETE_MESSAGES)
-def test_message_has_no_fields_beyond_wire_md(message: str) -> None:
+def test_message_has_no_fields_beyond_the_documented_ones(message: str) -> None:
     desc = _POOL.FindMessageTypeByName(message)
     expected = {(f, n) for m, f, n, _ in FIELDS if m == message}
     assert {(f.name, f.number) for f in desc.fields} == expected
