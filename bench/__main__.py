@@ -1,9 +1,9 @@
 """``python -m bench`` (``make bench``): every benchmark, on this machine, with the real broker and
 PostgreSQL, then the summary table (bench/report.py) written into the README.
 
-In order: the CLI's start-up CPU; the spine, Kafka record and spool micro-benchmarks; collector ingest (events/s per core, CPU-s
-per 1,000 events); pipeline throughput against the pandas baseline measured in the same run (SQLite
-and PostgreSQL); end-to-end freshness at 20,000 offered events/s and at a rate this machine
+In order: the CLI's start-up CPU; the spine, Kafka record and spool micro-benchmarks; collector ingest
+(events/s per core, CPU-s per 1,000 events); pipeline throughput against the pandas baseline measured in
+the same run (SQLite and PostgreSQL); end-to-end freshness at 20,000 offered events/s and at a rate this machine
 sustains; analyst query latency on PostgreSQL holding 30 days; peak memory of the collector and of
 the pipeline working off a 10,000,000-event backlog; the fault scenarios. Each writes its JSON to
 bench/results/. About an hour on 2 cores.

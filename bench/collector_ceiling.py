@@ -33,7 +33,7 @@ MODES = ("no-op", "no-mapping", "no-kafka", "full")
 CONCURRENCY = 8
 
 
-def build_calls(events: int, batch: int = 100, seed: int = 7) -> list:  # type: ignore[type-arg]
+def build_calls(events: int, batch: int = 100, seed: int = 7) -> list:
     """The load: simulated Mixer calls (``batch`` instances each, an hour old) covering ``events`` requests."""
     from simulator.catalog import build_catalog
     from simulator.mixer import build_requests
@@ -69,12 +69,12 @@ def serve(mode: str, port: int, kafka: str, spool: str) -> None:
     from collector.settings import CollectorSettings
 
     if mode == "no-mapping":
-        mapping.InstanceMapper.map_call = lambda self, decoded, call_id="": mapping.MappedCall()  # type: ignore
+        mapping.InstanceMapper.map_call = lambda self, decoded, call_id="": mapping.MappedCall()  # a stage switched off
     elif mode == "no-kafka":
-        async def deliver(self: object, records: list) -> str:  # type: ignore[type-arg]
+        async def deliver(self: object, records: list) -> str:
             return "kafka"
 
-        delivery.SafeDelivery.deliver = deliver  # type: ignore[method-assign]
+        delivery.SafeDelivery.deliver = deliver
 
     async def real() -> None:
         collector = Collector(CollectorSettings(listen=f"127.0.0.1:{port}", kafka=kafka, topic="bench.ceiling",
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "--serve", mode, str(port), spool],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
-            proc.stdout.readline()  # type: ignore[union-attr]
+            proc.stdout.readline()
             cpu0 = process_cpu_s(proc.pid)
             report = send(iter(calls), SendSettings(target=f"127.0.0.1:{port}", concurrency=CONCURRENCY))
             cpu = process_cpu_s(proc.pid) - cpu0

@@ -25,7 +25,7 @@ def records(seed: int = 5, rate: float = 2000, duration_s: float = 60, partition
                                                    partitions=partitions) for r in recs]
 
 
-def time_builder(make, values: list[bytes], repeat: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def time_builder(make, values: list[bytes], repeat: int) -> tuple[float, int]:
     """(best CPU seconds over ``repeat`` runs, events decoded)."""
     best, n = float("inf"), 0
     for _ in range(repeat):

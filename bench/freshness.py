@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"freshness: offered {result['offered_rate']:,.0f} events/s, achieved {result['achieved_send_rate']:,.0f}/s "
           f"({result['events']:,} events, {args.store}); call answered -> visible in the store: "
           f"p50 {result['freshness_p50_s']} s, p99 {result['freshness_p99_s']} s, max {result['freshness_max_s']} s "
-          f"(target p99 < 5 s); Mixer calls p50 {result['mixer_call_p50_ms']} ms, p99 {result['mixer_call_p99_ms']} ms; "
+          f"(target p99 < 5 s); Mixer calls p50 {result['mixer_call_p50_ms']} ms, "
+          f"p99 {result['mixer_call_p99_ms']} ms; "
           f"store {'exact' if result['exact'] else 'NOT EXACT'}")
     return 0 if result["exact"] else 1
 

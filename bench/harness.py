@@ -90,7 +90,7 @@ class LocalServices:
             if listeners and listeners.group(2) == want:
                 libs = re.search(r"-cp (\S+)/\*", cmd)
                 kafka_pid = pid
-                kafka_env = {"APIM_LOCAL_DIR": str(Path(props.group(1)).resolve().parent.parent),  # type: ignore[union-attr]
+                kafka_env = {"APIM_LOCAL_DIR": str(Path(props.group(1)).resolve().parent.parent),
                              "KAFKA_HOST": listeners.group(1), "KAFKA_PORT": listeners.group(2),
                              "KAFKA_CONTROLLER_PORT": listeners.group(3)}
                 if libs:

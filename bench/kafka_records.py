@@ -40,7 +40,7 @@ def _events(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def _kafka_python(bootstrap: str):  # type: ignore[no-untyped-def]
+def _kafka_python(bootstrap: str):
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
@@ -52,7 +52,7 @@ def _kafka_python(bootstrap: str):  # type: ignore[no-untyped-def]
     return send, lambda: producer.flush(60), producer.close
 
 
-def _confluent(bootstrap: str):  # type: ignore[no-untyped-def]
+def _confluent(bootstrap: str):
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,

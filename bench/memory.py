@@ -198,7 +198,7 @@ def summarize(samples: list[Sample], interval_s: float) -> dict[str, Any]:
 
 # -- the collector ------------------------------------------------------------------------------------------------
 
-def sustained_calls(pool: list, duration_s: float, tag: str) -> Iterator[Any]:  # type: ignore[type-arg]
+def sustained_calls(pool: list, duration_s: float, tag: str) -> Iterator[Any]:
     """The pool's calls over and over for ``duration_s`` (from the first call taken), each copy with its own
     ``dedup_id``, so that its bytes (the collector's call id) differ from every other call's."""
     from schemas.mixer.template.metric.template_handler_service_pb2 import HandleMetricRequest
@@ -238,7 +238,7 @@ def _metrics(address: str) -> dict[str, float]:
     return out
 
 
-def bench_collector(kafka: str, duration_s: float, work: Path, *, pool: list, kafka_down: bool = False,  # type: ignore[type-arg]
+def bench_collector(kafka: str, duration_s: float, work: Path, *, pool: list, kafka_down: bool = False,
                     spool_max_mb: float = 32, interval_s: float = 0.2, concurrency: int | None = None,
                     target_mb: float = COLLECTOR_TARGET_MB, seed: int = 7) -> dict[str, Any]:
     """Run a collector process under sustained load and sample its memory (and its spool folder on disk)."""
@@ -366,7 +366,7 @@ def run_pipeline_process(kafka: str, topic: str, store: str, interval_s: float =
     errors: list[str] = []
 
     def read_log() -> None:
-        for line in proc.stderr:  # type: ignore[union-attr]
+        for line in proc.stderr:
             try:
                 entry = json.loads(line)
             except ValueError:
@@ -380,7 +380,7 @@ def run_pipeline_process(kafka: str, topic: str, store: str, interval_s: float =
 
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
-    stdout = proc.stdout.read()  # type: ignore[union-attr]
+    stdout = proc.stdout.read()
     proc.wait()
     wall = time.perf_counter() - t0
     samples = sampler.stop()

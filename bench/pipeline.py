@@ -115,7 +115,7 @@ def bench_pipeline(kafka: str, topic: str, store: str, kafka_client: str = "kafk
             "events_per_s_wall": round(events / wall), "events_per_cpu_s": round(events / cpu)}
 
 
-def _read_all(kafka: str, topic: str):  # type: ignore[no-untyped-def]
+def _read_all(kafka: str, topic: str):
     consumer = KafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, auto_offset_reset="earliest",
                              max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
@@ -265,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     for client, q in pipelines.items():
         label = f"pipeline ({client} -> Beam -> {args.store}, {q['runs']} runs)"
         print(f"{label:<52}{q['events_per_s_wall']:>16,}{q['events_per_cpu_s']:>14,}")
-    print(f"{'pandas baseline (kafka-python, decode, groupby)':<52}{b['events_per_s_wall']:>16,}{b['events_per_cpu_s']:>14,}")
+    print(f"{'pandas baseline (kafka-python, decode, groupby)':<52}{b['events_per_s_wall']:>16,}"
+          f"{b['events_per_cpu_s']:>14,}")
     print(f"pipeline uses {results['pipeline_cpu_vs_baseline']}x the baseline's CPU per event; "
-          f"stages (us/event): fetch {s['fetch_us']} (confluent {s['fetch_confluent_us']}), decode {s['decode_us']}, aggregate {s['aggregate_chunk_us']}, "
+          f"stages (us/event): fetch {s['fetch_us']} (confluent {s['fetch_confluent_us']}), "
+          f"decode {s['decode_us']}, aggregate {s['aggregate_chunk_us']}, "
           f"merge+rollups {s['merge_and_rollups_us']}; results in {path}")
     return 0
 

@@ -141,7 +141,7 @@ def combinations(catalog: Catalog, profile: SimulationProfile = DEFAULT_PROFILE)
     share: list[float] = []
     req_mean: list[float] = []
 
-    def add(api, app_id: str, tier: str, key_type: str, p: float) -> None:  # type: ignore[no-untyped-def]
+    def add(api, app_id: str, tier: str, key_type: str, p: float) -> None:
         weights = np.array([method_weight.get(m, 1.0) for m, _ in api.resources])
         weights = weights / weights.sum()
         for (method, template), w in zip(api.resources, weights, strict=True):
@@ -348,7 +348,7 @@ def copy_payload(block: Block, prefixes: list[bytes]) -> bytes:
     return b"".join(chunks)
 
 
-def copy_block(conn, table_name: str, block: Block, prefixes: list[bytes]) -> int:  # type: ignore[no-untyped-def]
+def copy_block(conn, table_name: str, block: Block, prefixes: list[bytes]) -> int:
     """COPY ``block`` into ``table_name`` in the connection's transaction; returns rows written."""
     if not len(block):
         return 0

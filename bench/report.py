@@ -78,7 +78,8 @@ def rows() -> list[dict[str, Any]]:
             mem = comp["memory"]
             label = {"collector": "collector peak RSS at full load",
                      "collector-spool": "collector peak RSS, Kafka away, spool filling",
-                     "pipeline": f"pipeline peak RSS, {comp.get('produced', {}).get('events', 0):,}-event backlog"}.get(name, name)
+                     "pipeline": f"pipeline peak RSS, {comp.get('produced', {}).get('events', 0):,}-event backlog",
+                     }.get(name, name)
             out.append({"measure": label, "date": memory["date"],
                         "measured": f"{mem['peak_rss_mb']} MB ({'flat' if mem.get('flat') else 'GROWING'})",
                         "target": f"< {comp['target_mb']} MB, no growth",

@@ -1,7 +1,6 @@
 # Stub for the Cython module collector/_wire.pyx (mypy cannot read .pyx files).
-from core.wire import WireUnsupported
-
 from collector.decode import Decoded
+from core.wire import WireUnsupported
 
 Unsupported = WireUnsupported
 

@@ -137,7 +137,8 @@ class ChunkBuilder:
     def _reset(self) -> None:
         self.n = 0
         self._pending = 0
-        self._numbers: dict[str, np.ndarray] = {c.name: np.zeros(self._capacity, _DTYPES[c.kind]) for c in self.spec if c.kind != STRING}
+        self._numbers: dict[str, np.ndarray] = {
+            c.name: np.zeros(self._capacity, _DTYPES[c.kind]) for c in self.spec if c.kind != STRING}
         self._codes = {c.name: np.zeros(self._capacity, np.int32) for c in self.spec if c.kind == STRING}
         self._index: dict[str, dict[str, int]] = {c.name: {"": 0} for c in self.spec if c.kind == STRING}
 

@@ -39,7 +39,7 @@ def stored_cells(store_url: str, granularity: str = "minute") -> dict[Key, Cell]
                 .group_by(*keys))
             return {
                 (int((r[0] - _EPOCH).total_seconds() * 1000), r[1], r[2], r[3], r[4]):
-                    tuple(int(x) for x in r[5:])  # type: ignore[misc]
+                    tuple(int(x) for x in r[5:])  # type: ignore[misc]  # a 6-tuple by construction; mypy sees tuple[int, ...]
                 for r in rows
             }
     finally:
@@ -62,7 +62,7 @@ def truth_cells(truth: GroundTruth, granularity: str = "minute") -> dict[Key, Ce
         cell[_CLASSES[status_class]] += requests
         cell[4] += rq_bytes
         cell[5] += rs_bytes
-    return {k: tuple(v) for k, v in acc.items()}  # type: ignore[misc]
+    return {k: tuple(v) for k, v in acc.items()}  # type: ignore[misc]  # six sums per cell; mypy sees tuple[int, ...]
 
 
 @dataclass

@@ -74,7 +74,7 @@ class GroundTruth:
 
     def rows(self) -> list[tuple[int, str, str, str, str, str, int, int, int]]:
         """Every cell as a flat tuple in :data:`COLUMNS` order, sorted by key."""
-        return [(*key, *cell) for key, cell in sorted(self._cells.items())]  # type: ignore[misc]
+        return [(*key, *cell) for key, cell in sorted(self._cells.items())]  # type: ignore[misc]  # key + cell is the row shape; mypy cannot add tuple lengths
 
     def totals(self) -> dict[str, int]:
         """``{"requests": ..., "request_bytes": ..., "response_bytes": ...}`` over everything."""
@@ -160,7 +160,7 @@ class GroundTruth:
             return NotImplemented
         return self._cells == other._cells
 
-    __hash__ = None  # type: ignore[assignment]  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable; typeshed types __hash__ as a method
 
     def __repr__(self) -> str:
         t = self.totals()

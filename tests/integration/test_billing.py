@@ -69,7 +69,7 @@ def store(store_url: str) -> Iterator[Store]:
     s.engine.dispose()
 
 
-def rows(df) -> list[tuple]:  # type: ignore[no-untyped-def]
+def rows(df) -> list[tuple]:
     return [tuple(r) for r in df.itertuples(index=False)]
 
 
@@ -107,7 +107,7 @@ def test_rule_and_period_validation() -> None:
             parse_period(bad)
 
 
-def test_export_cli_csv_and_jsonl(store: Store, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_export_cli_csv_and_jsonl(store: Store, capsys, tmp_path) -> None:
     assert main(["billing", "export", "--store", store.url, "--period", "2025-11", "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "application_id,api_name,api_version,tier,billable_requests,application_name",
@@ -130,7 +130,7 @@ def test_export_cli_csv_and_jsonl(store: Store, capsys, tmp_path) -> None:  # ty
     ["publish", "--sink", "webhook"], ["publish", "--sink", "file"],
     ["publish", "--sink", "file", "--path", "x.jsonl", "--until", "yesterday"],
 ])
-def test_cli_errors_are_one_line_exit_2(store: Store, capsys, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_cli_errors_are_one_line_exit_2(store: Store, capsys, argv: list[str]) -> None:
     assert main(["billing", argv[0], "--store", store.url, *argv[1:]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("apim-analytics: ") and err.count("\n") == 1
@@ -166,7 +166,7 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *_args) -> None:  # type: ignore[no-untyped-def]
+            def log_message(self, *_args) -> None:
                 pass
 
         lock = threading.Lock()
@@ -282,7 +282,7 @@ def test_a_permanent_4xx_stops_the_run_before_the_window(store: Store) -> None:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *_args) -> None:  # type: ignore[no-untyped-def]
+        def log_message(self, *_args) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rejecting)
@@ -301,7 +301,7 @@ def test_a_permanent_4xx_stops_the_run_before_the_window(store: Store) -> None:
         publish(store.url, WebhookSink("http://127.0.0.1:9/"), now=AFTER, attempts=3, base_delay=0.001)
 
 
-def test_file_sink_is_idempotent_on_rerun(store: Store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_file_sink_is_idempotent_on_rerun(store: Store, tmp_path) -> None:
     path = tmp_path / "usage.jsonl"
     publish(store.url, FileSink(path), now=AFTER)
     lines = [json.loads(x) for x in path.read_text().splitlines()]
@@ -317,7 +317,7 @@ def test_file_sink_is_idempotent_on_rerun(store: Store, tmp_path) -> None:  # ty
 
 # --- reconcile ----------------------------------------------------------------------------------
 
-def test_reconcile_zero_after_publishing_then_the_exact_late_difference(store: Store, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_reconcile_zero_after_publishing_then_the_exact_late_difference(store: Store, tmp_path, capsys) -> None:
     before = reconcile(store.url, "2025-11")
     assert rows(before) == [(*SUB1, 0, 5, 5), (*SUB2, 0, 3, 3)]
     publish(store.url, FileSink(tmp_path / "u.jsonl"), now=AFTER)
@@ -336,7 +336,7 @@ def test_reconcile_zero_after_publishing_then_the_exact_late_difference(store: S
     assert rows(reconcile(store.url, "2025-11", sink="other")) == [(*SUB1, 0, 5, 5), (*SUB2, 0, 5, 5)]
 
 
-def test_publish_cli_file_sink(store: Store, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_publish_cli_file_sink(store: Store, tmp_path, capsys) -> None:
     path = tmp_path / "out.jsonl"
     argv = ["billing", "publish", "--store", store.url, "--sink", "file", "--path", str(path),
             "--until", "2025-12-01T00:00Z"]

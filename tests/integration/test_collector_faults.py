@@ -151,10 +151,10 @@ def test_broker_killed_twice_mid_stream_every_event_exactly_once(broker: Private
     finally:
         collector.stop()
     report, truth = outcome["report"], outcome["truth"]
-    assert report.failures == 0  # type: ignore[attr-defined]
-    assert report.instances == 30_000  # type: ignore[attr-defined]
+    assert report.failures == 0
+    assert report.instances == 30_000
     _pipeline(broker, topic, store)
-    result = compare(store, truth)  # type: ignore[arg-type]
+    result = compare(store, truth)
     assert result.exact, result.describe()
     assert result.stored_requests == 30_000
 

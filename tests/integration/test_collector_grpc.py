@@ -231,8 +231,8 @@ def running_collector(spool_dir: Path, **overrides: Any) -> Iterator[tuple[Runni
     admin = KafkaAdminClient(bootstrap_servers=KAFKA)
     admin.create_topics({usage: {"num_partitions": 3, "replication_factor": 1},
                          dead: {"num_partitions": 1, "replication_factor": 1}}, wait_for_metadata=True)
-    settings_ = dict(listen="127.0.0.1:0", kafka=KAFKA, topic=usage, dead_letter_topic=dead, topic_partitions=3,
-                     spool_dir=str(spool_dir), metrics_listen="", shutdown_grace_s=1.0)
+    settings_ = {"listen": "127.0.0.1:0", "kafka": KAFKA, "topic": usage, "dead_letter_topic": dead,
+                 "topic_partitions": 3, "spool_dir": str(spool_dir), "metrics_listen": "", "shutdown_grace_s": 1.0}
     settings_.update(overrides)
     running = None
     try:
@@ -252,7 +252,7 @@ def running_collector(spool_dir: Path, **overrides: Any) -> Iterator[tuple[Runni
 def stop_quietly(running: RunningCollector) -> BaseException | None:
     """Stop the collector once; a failing stop (see BUG 3) still ends its loop and thread."""
     if hasattr(running, "stop_error"):
-        return running.stop_error  # type: ignore[no-any-return]
+        return running.stop_error
     error: BaseException | None = None
     try:
         running.stop()
@@ -260,7 +260,7 @@ def stop_quietly(running: RunningCollector) -> BaseException | None:
         error = exc
         running.loop.call_soon_threadsafe(running.loop.stop)
         running.thread.join(10)
-    running.stop_error = error  # type: ignore[attr-defined]
+    running.stop_error = error
     return error
 
 
@@ -905,7 +905,7 @@ def test_validate_inferred_type_with_an_unknown_value_type_number(backend: ib_gr
     if where == "dimension":
         inferred.dimensions["response_code"] = 99
     else:
-        inferred.value = 77  # type: ignore[assignment]
+        inferred.value = 77
     req = ib_pb2.ValidateRequest(inferred_types={"wso2-metrics.instance.istio-system": _type_any(inferred)})
     resp = backend.Validate(req, timeout=TIMEOUT)
     assert resp.status.code == 3
@@ -1004,8 +1004,8 @@ def _handle_metric_strict(channel: grpc.Channel, raw: bytes) -> None:
 
 
 def _token_with_payload(payload: str) -> str:
-    return f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}." \
-           f"{base64.urlsafe_b64encode(payload.encode()).rstrip(b'=').decode()}.c2lnbmF0dXJl"
+    return (f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}."
+            f"{base64.urlsafe_b64encode(payload.encode()).rstrip(b'=').decode()}.c2lnbmF0dXJl")
 
 
 def _one_instance_call_with_token(channel: grpc.Channel, token: str) -> None:

@@ -200,7 +200,7 @@ def test_mutual_tls_plaintext_client_fails(mtls_collector: RunningCollector) -> 
 # -- settings ------------------------------------------------------------------------------------------------
 
 def test_settings_reject_incomplete_tls(tmp_path: Path) -> None:
-    base = dict(spool_dir=str(tmp_path / "spool"), metrics_listen="")
+    base = {"spool_dir": str(tmp_path / "spool"), "metrics_listen": ""}
     with pytest.raises(SettingsError, match="--tls-cert and --tls-key"):
         CollectorSettings(tls_cert="server.pem", **base).validate()
     with pytest.raises(SettingsError, match="--tls-cert and --tls-key"):

@@ -75,7 +75,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple
     with ExitStack() as stack:
         cache: dict[str, tuple[str, Feed]] = {}
 
-        class Lazy(dict):  # type: ignore[type-arg]
+        class Lazy(dict):
             def __missing__(self, kind: str) -> tuple[str, Feed]:
                 url = stack.enter_context(fresh_store(kind, tmp_path_factory.mktemp(f"dash-{kind}")))
                 self[kind] = (url, fill(url))
@@ -162,7 +162,8 @@ def check_page(page, url: str, feed: Feed, api: str | None = None, lo: dt.dateti
     assert page.tiles["busiest_api"] == top(truth_by(feed, "api_name", api, lo, hi), 1)[0][0]
 
     assert {(b, a): int(n) for b, a, n in page.tables["traffic"]} == by_hour
-    assert [(a, int(n)) for a, _, n in page.tables["applications"]] == top(truth_by(feed, "application_id", api, lo, hi))
+    expected_apps = top(truth_by(feed, "application_id", api, lo, hi))
+    assert [(a, int(n)) for a, _, n in page.tables["applications"]] == expected_apps
     assert [(tier, int(n)) for tier, n, _ in page.tables["tiers"]] == top(truth_by(feed, "tier", api, lo, hi), 99)
     expected_latency = [[_iso(r.bucket_start), r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms]
                         for r in stored.itertuples()]

@@ -31,7 +31,6 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from tests.support.grafana_macros import ALL, Variable, render
 from pipeline.commit import commit_run
 from pipeline.kafka_source import OffsetRange
 from query.usage import usage
@@ -45,6 +44,7 @@ from store.throttle import (
 )
 from tests.conftest import fresh_store
 from tests.integration.test_store_commit import event, facts
+from tests.support.grafana_macros import ALL, Variable, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -209,7 +209,7 @@ class Case:
         self.granularity = {"1h": "hour", "1d": "day"}[interval]
         self.events = [e for e in EVENTS if e["api_name"] in self.apis and self.start <= when(e) < self.end]
 
-    def usage(self, group_by: list[str], **kwargs: Any):  # type: ignore[no-untyped-def]
+    def usage(self, group_by: list[str], **kwargs: Any):
         return usage(self.url, group_by=group_by, start=self.start, end=self.end, apis=self.apis, **kwargs)
 
     def group(self, e: dict[str, Any]) -> dt.datetime:

@@ -84,11 +84,11 @@ def test_refused_calls_leave_no_reference_cycles(kafka_bootstrap: str, topic: st
     running = RunningCollector(CollectorSettings(listen="127.0.0.1:0", kafka=kafka_bootstrap, topic=topic,
                                                  metrics_listen="", spool_dir=str(tmp_path / "spool")))
 
-    async def spool_full(records: list) -> str:  # type: ignore[type-arg]
+    async def spool_full(records: list) -> str:
         raise SpoolFull("spool full (test)", depth_bytes=1 << 20, requested_bytes=4096, max_bytes=1 << 20)
 
     assert running.collector.delivery is not None
-    running.collector.delivery.deliver = spool_full  # type: ignore[method-assign]
+    running.collector.delivery.deliver = spool_full
     calls = build_calls(500)
     gc.collect()
     gc.disable()

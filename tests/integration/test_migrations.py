@@ -88,7 +88,7 @@ def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
     create_schema(engine)
     statements: list[str] = []
 
-    def record(_conn, _cursor, statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+    def record(_conn, _cursor, statement, _params, _context, _many) -> None:
         statements.append(statement.strip().split()[0].upper())
 
     event.listen(engine, "before_cursor_execute", record)

@@ -57,7 +57,7 @@ def produce(bootstrap: str, topic: str, *, seed: int, rate: float, duration_s: f
     return feed
 
 
-def settings(bootstrap: str, topic: str, store_url: str, **kw) -> PipelineSettings:  # type: ignore[no-untyped-def]
+def settings(bootstrap: str, topic: str, store_url: str, **kw) -> PipelineSettings:
     return PipelineSettings(kafka=bootstrap, topic=topic, store=store_url, dead_letter_topic=f"{topic}.dlq",
                             interval_s=0.2, **kw)
 
@@ -67,7 +67,7 @@ def assert_exact(store_url: str, truth: GroundTruth) -> None:
         assert comparison.exact, f"{granularity}: {comparison.describe()}"
 
 
-def scalar(store_url: str, stmt) -> int:  # type: ignore[no-untyped-def]
+def scalar(store_url: str, stmt) -> int:
     engine = make_engine(store_url, readonly=True)
     try:
         with engine.connect() as conn:
@@ -97,7 +97,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> Iterator[None]:
             calls = {"n": 0}
             real = source.aggregate_chunk
 
-            def failing(chunk, keep=None):  # type: ignore[no-untyped-def]
+            def failing(chunk, keep=None):
                 calls["n"] += 1
                 if calls["n"] == 2:
                     raise Crash("between reads")
@@ -108,13 +108,13 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> Iterator[None]:
         elif point == "inside the transaction":
             import pipeline.commit as commit
 
-            def failing_remember(*a, **k):  # type: ignore[no-untyped-def]
+            def failing_remember(*a, **k):
                 raise Crash("after the facts were written, before COMMIT")
             m.setattr(commit, "_remember_calls", failing_remember)
         elif point == "after the transaction":
             real_commit = job.commit_run
 
-            def commit_then_crash(*a, **k):  # type: ignore[no-untyped-def]
+            def commit_then_crash(*a, **k):
                 real_commit(*a, **k)
                 raise Crash("after COMMIT")
             m.setattr(job, "commit_run", commit_then_crash)
@@ -137,7 +137,7 @@ def test_crashes_at_random_points_then_reruns_give_identical_totals(
     crashes[:4] = POINTS  # every point at least once, then random ones
     committed_runs = 0
     for point in crashes:
-        with crash_at(monkeypatch, point), pytest.raises(Exception, match="Crash|between reads|before commit|COMMIT"):
+        with crash_at(monkeypatch, point), pytest.raises(Exception, match=r"Crash|between reads|before commit|COMMIT"):
             run_once(s, [])
         if point == "after the transaction":
             committed_runs += 1
@@ -166,9 +166,9 @@ def test_a_replay_of_the_same_offsets_is_refused_and_changes_nothing(
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    with pytest.raises(Exception, match="ConcurrentRunError|is at offset"):
-        with beam.Pipeline(options=PipelineOptions(job.DEFAULT_BEAM_ARGS)) as p:
-            job.build_pipeline(p, s, plan, {})
+    with (pytest.raises(Exception, match=r"ConcurrentRunError|is at offset"),
+          beam.Pipeline(options=PipelineOptions(job.DEFAULT_BEAM_ARGS)) as p):
+        job.build_pipeline(p, s, plan, {})
     assert stored_offsets(engine, topic) == offsets
     engine.dispose()
     assert_exact(store_url, feed.truth)
@@ -217,7 +217,7 @@ def test_retention_purges_each_granularity_at_its_own_age(store_url: str) -> Non
 
 def test_duplicate_event_ids_and_poison_records(kafka_bootstrap: str, topic: str, store_url: str) -> None:
     """Producers that set event ids: a repeated id counts once. Poison goes to the dead-letter topic."""
-    def batch(ids: list[str], code: int, call_id: str):  # type: ignore[no-untyped-def]
+    def batch(ids: list[str], code: int, call_id: str):
         b = build_columns(events(len(ids), code), call_id=call_id, producer_id="other-gateway")
         b.event_id.values.extend(sorted(set(ids)))
         b.event_id.codes.extend(sorted(set(ids)).index(i) for i in ids)

@@ -41,7 +41,7 @@ GROUP = ["api", "version", "application", "tier"]
 COLS = ["api_name", "api_version", "application_id", "tier"]
 
 
-def _event(api, version, app, tier, code, latency, when, rq, rs, throttled) -> dict:  # type: ignore[no-untyped-def]
+def _event(api, version, app, tier, code, latency, when, rq, rs, throttled) -> dict:
     ms = int((when - EPOCH).total_seconds() * 1000)
     return dict(event(app, code, ts=ms, latency=latency, rq=rq, rs=rs, throttled=throttled), api_name=api,
                 api_version=version, api_context=f"/{api.lower()}/{version}", subscription_tier=tier)
@@ -56,7 +56,7 @@ def store(store_url: str) -> str:
     return store_url
 
 
-def expected(events, *, status: bool = False) -> dict:  # type: ignore[no-untyped-def]
+def expected(events, *, status: bool = False) -> dict:
     """Measures per (api, version, app, tier[, class]), computed from the events themselves."""
     groups: dict = defaultdict(list)
     for e in events:
@@ -130,7 +130,7 @@ def test_status_class_splits_requests_and_errors_only(store: str) -> None:
     (D1.replace(hour=10, minute=5, second=1), None, None, "usage_minute"),
     (None, None, "minute", "usage_minute"),
 ])
-def test_choose_table(start, end, granularity, table) -> None:  # type: ignore[no-untyped-def]
+def test_choose_table(start, end, granularity, table) -> None:
     assert choose_table(GROUP, start, end, granularity) == table
 
 
@@ -142,7 +142,7 @@ def test_choose_table_for_users_and_destinations() -> None:
         choose_table(["user"], D1.replace(hour=3), D2)
 
 
-def _within(start, end):  # type: ignore[no-untyped-def]
+def _within(start, end):
     return [e for e in EVENTS if (start is None or e[6] >= start) and (end is None or e[6] < end)]
 
 
@@ -152,7 +152,7 @@ def _within(start, end):  # type: ignore[no-untyped-def]
     (D1.replace(hour=10), D2.replace(hour=10)),  # hour
     (D1.replace(hour=10, minute=5), D1.replace(hour=11)),  # minute
 ])
-def test_every_table_answers_its_range_exactly(store: str, start, end) -> None:  # type: ignore[no-untyped-def]
+def test_every_table_answers_its_range_exactly(store: str, start, end) -> None:
     assert as_dict(usage(store, group_by=GROUP, start=start, end=end), COLS) == expected(_within(start, end))
 
 
@@ -200,7 +200,7 @@ def test_users_and_destinations(store: str) -> None:
     ({"group_by": ["bucket"]}, "needs a granularity"),
     ({"group_by": ["user", "tier"]}, "cannot be combined"),
 ])
-def test_bad_arguments(store: str, kwargs, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_arguments(store: str, kwargs, message) -> None:
     with pytest.raises(QueryError, match=message):
         usage(store, **kwargs)
     assert issubclass(QueryError, ValueError)
@@ -212,7 +212,7 @@ HEADER = ("api_name,api_version,application_id,tier,status_class,requests,errors
           "latency_max_ms,faults")
 
 
-def test_cli_csv(store: str, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_csv(store: str, capsys) -> None:
     assert main(["usage", "--store", store, "--group-by", CLI_GROUP, "--format", "csv"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == HEADER
@@ -221,7 +221,7 @@ def test_cli_csv(store: str, capsys) -> None:  # type: ignore[no-untyped-def]
     assert int(df.requests.sum()) == len(EVENTS)
 
 
-def test_cli_json_and_parquet_round_trip(store: str, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_json_and_parquet_round_trip(store: str, capsys, tmp_path) -> None:
     want = usage(store, group_by=GROUP, start=D1, end=D2 + dt.timedelta(days=1), apis=["PizzaAPI", "BookAPI"])
     args = ["usage", "--store", store, "--group-by", "api,version,application,tier", "--from", "2023-11-14T00:00Z",
             "--to", "2023-11-16", "--api", "PizzaAPI", "--api", "BookAPI"]
@@ -246,7 +246,7 @@ def test_cli_json_and_parquet_round_trip(store: str, capsys, tmp_path) -> None: 
     (["--from", "yesterday"], "not an ISO 8601 timestamp"),
     (["--api", "NoSuchAPI"], "unknown API name"),
 ])
-def test_cli_bad_arguments_exit_2_with_one_line(store: str, capsys, extra, message) -> None:  # type: ignore[no-untyped-def]
+def test_cli_bad_arguments_exit_2_with_one_line(store: str, capsys, extra, message) -> None:
     assert main(["usage", "--store", store, "--group-by", CLI_GROUP, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("apim-analytics: ") and message in err

@@ -39,7 +39,7 @@ def facts(events: list[dict], admitted: dict | None = None, max_resources: int =
     return finish(aggregate_chunk(builder.take()), admitted or {}, max_resources)
 
 
-def totals(engine, table=t.usage_minute) -> dict:  # type: ignore[no-untyped-def]
+def totals(engine, table=t.usage_minute) -> dict:
     c = table.c
     with engine.connect() as conn:
         rows = conn.execute(select(c.application_id, func.sum(c.requests), func.sum(c.count_4xx),

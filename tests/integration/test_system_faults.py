@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.postgres]
 PLAN = Plan(rate=300.0, duration_s=10.0, seed=11, spool_max_mb=0.03, kafka_traffic_s=45.0)
 
 
-def _run(name: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+def _run(name: str, tmp_path: Path):
     with fresh_store("postgresql", tmp_path) as url:
         result = run_scenario(name, PLAN, url, tmp_path, kafka=KAFKA)
     # every generated request was accepted in the end (Mixer retries), and stored once

@@ -25,7 +25,7 @@ def test_bad_env_value_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert "APIM_PIPELINE_MAX_RECORDS_PER_RUN" in capsys.readouterr().err
 
 
-def test_missing_config_file_is_named(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_missing_config_file_is_named(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pipeline", "run", "--config", str(tmp_path / "absent.yaml")]) == 2
     assert "absent.yaml does not exist" in capsys.readouterr().err
 
@@ -38,7 +38,7 @@ def test_config_show_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> 
         assert needle in out
 
 
-def test_subscriptions_load_stores_hashes_and_the_collector_resolves_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_subscriptions_load_stores_hashes_and_the_collector_resolves_them(tmp_path) -> None:
     from collector.credentials import credential_hash
     from collector.server import build_resolver
     from collector.settings import CollectorSettings
@@ -61,7 +61,7 @@ def test_subscriptions_load_stores_hashes_and_the_collector_resolves_them(tmp_pa
         "app-7", "Bronze", "SANDBOX", "API_KEY")
 
 
-def test_subscriptions_load_names_a_bad_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_subscriptions_load_names_a_bad_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "subs.csv"
     bad.write_text("application_id\napp-1\n")
     assert main(["subscriptions", "load", str(bad), "--store", f"sqlite:///{tmp_path / 's.db'}"]) == 2

@@ -14,7 +14,7 @@ from schemas.mixer.template.metric import template_handler_service_pb2 as m
 from schemas.policy.v1beta1 import type_pb2 as t
 
 
-def _v(**kw) -> t.Value:  # type: ignore[no-untyped-def]
+def _v(**kw) -> t.Value:
     return t.Value(**kw)
 
 
@@ -117,7 +117,7 @@ _requests = st.builds(
     st.lists(_instances, max_size=4), _text, st.one_of(st.just(""), _text))
 
 
-def _normal(decoded: decode.Decoded) -> tuple:  # type: ignore[type-arg]
+def _normal(decoded: decode.Decoded) -> tuple:
     dedup_id, config, instances = decoded
     return dedup_id, config is not None, [(i[0], i[1], i[2]) for i in instances]
 
@@ -225,7 +225,7 @@ def test_compiled_and_reference_agree_on_odd_map_entries(entries: list[bytes]) -
         (values.as_text, ("ip", b"\x01\x02\x03"), "4 or 16 bytes"),
     ],
 )
-def test_wrong_kind_is_named(fn, value, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_kind_is_named(fn, value, message: str) -> None:
     with pytest.raises(values.ValueKindError, match=message):
         fn(value)
 

@@ -86,7 +86,7 @@ def test_classification_reads_types_not_message_text() -> None:
                                       bootstrap="k"), KafkaUnavailable)
 
 
-def _publisher(client: str = "kafka-python"):  # type: ignore[no-untyped-def]
+def _publisher(client: str = "kafka-python"):
     from collector.publisher import ProducerSettings, make_publisher
 
     return make_publisher(client, ProducerSettings(bootstrap="k1:9092"))
@@ -114,7 +114,7 @@ def test_confluent_codes_are_translated() -> None:
     from collector.errors import KafkaUnavailable as CollectorKafkaUnavailable
     from collector.errors import RecordRejected
 
-    KafkaError, KafkaException = confluent_kafka.KafkaError, confluent_kafka.KafkaException
+    KafkaError, KafkaException = confluent_kafka.KafkaError, confluent_kafka.KafkaException  # noqa: N806 - the client's names
     publisher = _publisher("confluent")
     too_large = publisher.translate(KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)))
     assert isinstance(too_large, RecordRejected)
@@ -129,10 +129,10 @@ class _FakeFuture:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
-    def add_callback(self, _fn) -> None:  # type: ignore[no-untyped-def]
+    def add_callback(self, _fn) -> None:
         pass
 
-    def add_errback(self, fn) -> None:  # type: ignore[no-untyped-def]
+    def add_errback(self, fn) -> None:
         fn(self.exc)
 
 
@@ -142,7 +142,7 @@ class _FakeProducer:
     def __init__(self, raise_exc: BaseException | None = None, report_exc: BaseException | None = None) -> None:
         self.raise_exc, self.report_exc = raise_exc, report_exc
 
-    def send(self, *_a, **_k) -> _FakeFuture:  # type: ignore[no-untyped-def]
+    def send(self, *_a, **_k) -> _FakeFuture:
         if self.raise_exc is not None:
             raise self.raise_exc
         assert self.report_exc is not None
@@ -171,17 +171,17 @@ def test_publisher_send_without_producer_or_ack_is_kafka_unavailable() -> None:
         asyncio.run(publisher.send([Record("t", 0, b"k", b"v")], 1.0))
 
     class Silent(_FakeProducer):
-        def send(self, *_a, **_k):  # type: ignore[no-untyped-def]
+        def send(self, *_a, **_k):
             return SimpleNamespace(add_callback=lambda _f: None, add_errback=lambda _f: None)
 
     publisher._producer = Silent()
-    with pytest.raises(CollectorKafkaUnavailable, match="did not acknowledge 1 records within 0.05s"):
+    with pytest.raises(CollectorKafkaUnavailable, match=r"did not acknowledge 1 records within 0\.05s"):
         asyncio.run(publisher.send([Record("t", 0, b"k", b"v")], 0.05))
 
 
 # --- the pipeline's follow loop ----------------------------------------------------------------------
 
-def _settings(follow: bool):  # type: ignore[no-untyped-def]
+def _settings(follow: bool):
     from pipeline.settings import PipelineSettings
 
     return PipelineSettings(follow=follow, interval_s=0.001)
@@ -243,13 +243,13 @@ def _beam_copy(original: BaseException, *, constructible: bool = True) -> BaseEx
     """What apache_beam.runners.common._reraise_augmented raises for an error from a DoFn."""
     try:
         raise original
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - reproduces Beam's catch-all re-raise
         try:
             copy = type(original)(original.args[0] + " [while running 'Step']") if constructible \
                 else RuntimeError(f"{type(original).__name__}: {original} [while running 'Step']")
-            copy._tagged_with_step = True  # type: ignore[attr-defined]
+            copy._tagged_with_step = True
             raise copy
-        except BaseException as raised:
+        except BaseException as raised:  # noqa: BLE001 - returns the copy Beam would raise
             return raised
 
 
@@ -274,7 +274,7 @@ def test_beam_fnapirunner_reraises_a_dofn_error_as_found() -> None:
     from store.errors import StoreUnavailable
 
     class Boom(beam.DoFn):
-        def process(self, _x):  # type: ignore[no-untyped-def]
+        def process(self, _x):
             raise StoreUnavailable("db away", hint="start it")
 
     with pytest.raises(Exception) as info, beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
@@ -292,6 +292,7 @@ def test_simulator_unreachable_collector_is_one_retriable_error() -> None:
 
     settings = SendSettings(target="127.0.0.1:1", concurrency=2, timeout_s=1.0, max_attempts=2,
                             initial_backoff_s=0.01, max_backoff_s=0.01)
-    with pytest.raises(CollectorUnavailable, match=r"127\.0\.0\.1:1 took no call: UNAVAILABLE after 4 attempts") as info:
+    expected = r"127\.0\.0\.1:1 took no call: UNAVAILABLE after 4 attempts"
+    with pytest.raises(CollectorUnavailable, match=expected) as info:
         send([HandleMetricRequest(dedup_id="1"), HandleMetricRequest(dedup_id="2")], settings)
     assert info.value.retriable and info.value.code == "UNAVAILABLE" and "APIM_SIM_TARGET" in info.value.hint

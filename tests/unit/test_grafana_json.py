@@ -26,6 +26,9 @@ from typing import Any
 
 import pytest
 
+from store.latency import BUCKET_COUNT, histogram_column
+from store.tables import metadata
+from store.views import VIEWS
 from tests.support.grafana_macros import (
     ALL,
     MacroError,
@@ -35,9 +38,6 @@ from tests.support.grafana_macros import (
     parse_interval,
     render,
 )
-from store.latency import BUCKET_COUNT, histogram_column
-from store.tables import metadata
-from store.views import VIEWS
 
 GRAFANA_DIR = Path(__file__).resolve().parents[2] / "dashboards" / "grafana"
 DASHBOARD_FILES = sorted(GRAFANA_DIR.glob("*.json"))

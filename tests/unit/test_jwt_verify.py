@@ -306,7 +306,7 @@ def test_settings_refuse_unsafe_or_unknown_algs(algs: tuple[str, ...]) -> None:
 def test_settings_validate_leeway_and_accept_a_list() -> None:
     with pytest.raises(ValueError):
         VerifierSettings(leeway_s=-1)
-    assert VerifierSettings(algorithms=["RS256"]).algorithms == ("RS256",)  # type: ignore[arg-type]
+    assert VerifierSettings(algorithms=["RS256"]).algorithms == ("RS256",)
 
 
 def test_crit_header_is_rejected(keys: Keys, jwks_verifier: JwtVerifier) -> None:
@@ -415,7 +415,7 @@ def test_signed_payload_that_is_not_a_json_object(keys: Keys, jwks_verifier: Jwt
 
 def test_non_string_token(jwks_verifier: JwtVerifier) -> None:
     with pytest.raises(TokenInvalid) as info:
-        jwks_verifier.verify(b"a.b.c")  # type: ignore[arg-type]
+        jwks_verifier.verify(b"a.b.c")
     assert info.value.reason is Reason.MALFORMED
 
 
@@ -429,7 +429,7 @@ def test_token_invalid_pickles_and_is_a_value_error() -> None:
 
 SEGMENT = st.text(alphabet=B64URL + "+/=.@ ", max_size=80) | st.text(max_size=40)
 HEADERS = st.fixed_dictionaries(
-    {"alg": st.sampled_from(sorted(SUPPORTED_ALGORITHMS) + ["none", "HS256", "ES512", "RS1"])
+    {"alg": st.sampled_from([*sorted(SUPPORTED_ALGORITHMS), "none", "HS256", "ES512", "RS1"])
      | st.integers() | st.none() | st.lists(st.text(max_size=3), max_size=2)},
     optional={"kid": st.sampled_from(["rsa-1", "ec-256", "ec-384", "zz"]) | st.integers(),
               "crit": st.just(["b64"])},

@@ -62,7 +62,7 @@ def test_bucket_of_special_values() -> None:
     assert bucket_of([3.0]).dtype == np.int64
 
 
-def _histogram(values) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _histogram(values) -> np.ndarray:
     return np.bincount(bucket_of(np.asarray(values, dtype=np.float64)), minlength=BUCKET_COUNT)
 
 

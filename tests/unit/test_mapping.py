@@ -62,7 +62,7 @@ def wso2_instance(auth: str = "", code: int = 200, name: str = "wso2-metrics.ins
 NOW_S = 1_700_000_001.0
 
 
-def decode(req: m.HandleMetricRequest):  # type: ignore[no-untyped-def]
+def decode(req: m.HandleMetricRequest):
     return decode_call(req.SerializeToString())
 
 
@@ -74,7 +74,7 @@ def map_one(mapper: InstanceMapper, inst: m.InstanceMsg, dedup_id: str = "1") ->
     return event_to_proto(event, "cid")
 
 
-def mapper_(resolver: CredentialResolver | None = None, **kw) -> InstanceMapper:  # type: ignore[no-untyped-def]
+def mapper_(resolver: CredentialResolver | None = None, **kw) -> InstanceMapper:
     return InstanceMapper(resolver or CredentialResolver(), clock=lambda: NOW_S, **kw)
 
 
@@ -121,7 +121,7 @@ def test_anonymous_request_is_kept_as_unauthenticated() -> None:
     assert (ev.application_id, ev.subscription_tier, ev.credential_kind) == ("anonymous", "Unauthenticated", pb.NONE)
 
 
-def test_opaque_token_resolves_through_the_catalog(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_opaque_token_resolves_through_the_catalog(tmp_path) -> None:
     token = "0f8fad5b-d9cb-469f-a165-70867728950e"
     path = tmp_path / "subs.jsonl"
     path.write_text(json.dumps({
@@ -220,7 +220,8 @@ def test_istio_default_instances_combine_into_one_event_per_request() -> None:
     one = t.Value(int64_value=1)
     req = m.HandleMetricRequest(dedup_id="9", instances=[
         istio_instance("requestcount", one), istio_instance("requestduration", _dur(12)),
-        istio_instance("requestsize", t.Value(int64_value=100)), istio_instance("responsesize", t.Value(int64_value=900)),
+        istio_instance("requestsize", t.Value(int64_value=100)),
+        istio_instance("responsesize", t.Value(int64_value=900)),
         istio_instance("requestcount", one), istio_instance("requestduration", _dur(30)),
         istio_instance("requestsize", t.Value(int64_value=0)), istio_instance("responsesize", t.Value(int64_value=50)),
         istio_instance("requestcount", one, code=503), istio_instance("requestduration", _dur(7), code=503),

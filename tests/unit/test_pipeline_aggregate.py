@@ -93,7 +93,7 @@ def _add(table: dict, key: tuple, measures: dict) -> None:
             row[k] = row.get(k, 0) + v
 
 
-def reference(events: list[dict], fold=None) -> dict:  # type: ignore[no-untyped-def]
+def reference(events: list[dict], fold=None) -> dict:
     out: dict = {"usage": {g: {} for g in FLOORS}, "user_day": {}, "destination": {"hour": {}, "day": {}},
                  "throttle": {}, "apis": {}, "applications": {}, "folds": {}}
     for e in events:
@@ -149,7 +149,7 @@ def reference(events: list[dict], fold=None) -> dict:  # type: ignore[no-untyped
 
 # --- the implementation's frames as the reference's dicts --------------------------------------
 
-def rows(frame: pd.DataFrame, key: tuple, measures) -> dict:  # type: ignore[no-untyped-def]
+def rows(frame: pd.DataFrame, key: tuple, measures) -> dict:
     measures = list(measures)
     keys = zip(*(frame[c].astype(np.int64).tolist() if c == "bucket_ms" else frame[c].tolist() for c in key))
     values = zip(*(frame[m].astype(np.int64).tolist() for m in measures))
@@ -158,7 +158,7 @@ def rows(frame: pd.DataFrame, key: tuple, measures) -> dict:  # type: ignore[no-
     return out
 
 
-def facts_as_dicts(facts) -> dict:  # type: ignore[no-untyped-def]
+def facts_as_dicts(facts) -> dict:
     usage_measures = [*USAGE_SUM_COLUMNS, "latency_min_us", "latency_max_us"]
 
     def catalog(frame: pd.DataFrame, key: tuple, attrs: tuple) -> dict:
@@ -182,7 +182,7 @@ def facts_as_dicts(facts) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
-def chunks(events: list[dict], sizes: list[int], record: int = 7) -> list:  # type: ignore[no-untyped-def]
+def chunks(events: list[dict], sizes: list[int], record: int = 7) -> list:
     """Events -> columnar records (``record`` events each) -> builder chunks of ``sizes`` events."""
     out, start = [], 0
     for size in sizes:

@@ -27,7 +27,7 @@ def reference(capacity: int = 4) -> ChunkBuilder:
     return ChunkBuilder(AGGREGATED_COLUMNS, capacity)
 
 
-def compiled(capacity: int = 4):  # type: ignore[no-untyped-def]
+def compiled(capacity: int = 4):
     # Imported here, not through pipeline.decode's optional import: an install without the compiled
     # module fails these tests (ImportError) instead of skipping them.
     from pipeline._columns import CompiledChunkBuilder
@@ -64,7 +64,7 @@ DOUBLE = st.one_of(st.sampled_from([0.0, -0.0, 0.0004, 1e300, -1e300, math.inf, 
 ENUM = st.integers(-1, 4)
 
 
-def _strategy(fd: FieldDescriptor):  # type: ignore[no-untyped-def]
+def _strategy(fd: FieldDescriptor):
     return {FieldDescriptor.TYPE_STRING: TEXT, FieldDescriptor.TYPE_INT32: INT32, FieldDescriptor.TYPE_INT64: INT64,
             FieldDescriptor.TYPE_DOUBLE: DOUBLE, FieldDescriptor.TYPE_BOOL: st.booleans(),
             FieldDescriptor.TYPE_ENUM: ENUM}[fd.type]
@@ -81,7 +81,7 @@ RICH_EVENT = st.fixed_dictionaries({"call_index": INT32, **FIELDS})  # every fie
 
 
 @st.composite
-def records(draw, max_events: int = 6,  # type: ignore[no-untyped-def]
+def records(draw, max_events: int = 6,
             rich: bool = False) -> tuple[bytes, list[dict], str]:
     events = draw(st.lists(RICH_EVENT if rich else st.one_of(EVENT, RICH_EVENT), min_size=int(rich),
                            max_size=max_events))
@@ -146,7 +146,7 @@ def test_builders_agree_on_valid_records_and_unaccepted_ones_leave_no_trace(batc
 # --- (b) arbitrary and mutated bytes ----------------------------------------------------------
 
 @st.composite
-def mutated(draw) -> bytes:  # type: ignore[no-untyped-def]
+def mutated(draw) -> bytes:
     value = bytearray(draw(records(max_events=2, rich=True))[0])
     for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
         kind = draw(st.sampled_from(["truncate", "flip", "insert", "append", "high", "high"]))
@@ -165,7 +165,7 @@ def mutated(draw) -> bytes:  # type: ignore[no-untyped-def]
     return bytes(value)
 
 
-def _outcome(builder, prefix: bytes, value: bytes):  # type: ignore[no-untyped-def]
+def _outcome(builder, prefix: bytes, value: bytes):
     builder.add(prefix)
     builder.accept()
     try:
@@ -179,7 +179,7 @@ def _outcome(builder, prefix: bytes, value: bytes):  # type: ignore[no-untyped-d
 
 @fast(200)
 @given(records(max_events=3), st.one_of(st.binary(max_size=120), mutated()))
-def test_builders_agree_on_malformed_bytes(prefix, value: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_builders_agree_on_malformed_bytes(prefix, value: bytes) -> None:
     assert _outcome(compiled(), prefix[0], value) == _outcome(reference(), prefix[0], value)
 
 
@@ -227,7 +227,7 @@ def _field(number: int, wire: int, payload: bytes) -> bytes:
     return _varint(number << 3 | wire) + payload
 
 
-def _poison(make, value: bytes) -> str:  # type: ignore[no-untyped-def]
+def _poison(make, value: bytes) -> str:
     builder = make()
     with pytest.raises(PoisonRecord) as exc:
         builder.add(value)
@@ -238,7 +238,7 @@ def _poison(make, value: bytes) -> str:  # type: ignore[no-untyped-def]
 
 
 @BUILDERS
-def test_column_shorter_than_count_names_the_column(make) -> None:  # type: ignore[no-untyped-def]
+def test_column_shorter_than_count_names_the_column(make) -> None:
     msg = _poison(make, cols_pb.UsageEventColumns(count=3, response_code=[200, 404]).SerializeToString())
     assert msg == "column response_code has 2 entries, the batch has 3"
     batch = cols_pb.UsageEventColumns(count=3)
@@ -248,7 +248,7 @@ def test_column_shorter_than_count_names_the_column(make) -> None:  # type: igno
 
 
 @BUILDERS
-def test_string_code_beyond_values_is_poison(make) -> None:  # type: ignore[no-untyped-def]
+def test_string_code_beyond_values_is_poison(make) -> None:
     batch = cols_pb.UsageEventColumns(count=2)
     batch.application_id.values.append("app")
     batch.application_id.codes.extend([0, 1])
@@ -259,7 +259,7 @@ def test_string_code_beyond_values_is_poison(make) -> None:  # type: ignore[no-u
 
 
 @BUILDERS
-def test_count_out_of_range_is_poison(make) -> None:  # type: ignore[no-untyped-def]
+def test_count_out_of_range_is_poison(make) -> None:
     assert _poison(make, cols_pb.UsageEventColumns(count=-1).SerializeToString()) == "event count -1 out of range"
     too_many = cols_pb.UsageEventColumns(count=decode.MAX_EVENTS_PER_RECORD + 1).SerializeToString()
     assert _poison(make, too_many) == "event count 1000001 out of range"
@@ -268,7 +268,7 @@ def test_count_out_of_range_is_poison(make) -> None:  # type: ignore[no-untyped-
         make().add(None)
 
 
-def _decoded(make, *values: bytes) -> tuple[list, dict]:  # type: ignore[no-untyped-def]
+def _decoded(make, *values: bytes) -> tuple[list, dict]:
     builder, results = make(), []
     for v in values:
         results.append(builder.add(v))
@@ -284,7 +284,7 @@ PACKED.header.call_id = "call-1"
 
 
 @BUILDERS
-def test_unpacked_numeric_encoding_equals_packed(make) -> None:  # type: ignore[no-untyped-def]
+def test_unpacked_numeric_encoding_equals_packed(make) -> None:
     unpacked = b"".join([
         _field(1000, 0, _varint(2)), _field(1001, 2, _field(3, 2, b"call-1")),
         _field(40, 0, _varint(200)), _field(40, 0, _varint(-1)),
@@ -307,7 +307,7 @@ def test_string_column_given_twice_is_merged_like_protobuf() -> None:
     first.api_name.codes.extend([0, 1])
     second = cols_pb.StringColumn(values=["c"], codes=[2])
     value = first.SerializeToString() + _field(10, 2, second.SerializeToString())
-    assert [e for e in cols_pb.UsageEventColumns.FromString(value).api_name.values] == ["a", "b", "c"]
+    assert list(cols_pb.UsageEventColumns.FromString(value).api_name.values) == ["a", "b", "c"]
     ref, comp = _decoded(reference, value), _decoded(compiled, value)
     assert comp == ref
     assert ref[0] == [(3, "")] and ref[1]["api_name"] == ["a", "b", "c"]
@@ -317,7 +317,7 @@ def test_string_column_given_twice_is_merged_like_protobuf() -> None:
 
 
 @BUILDERS
-def test_unknown_fields_are_skipped(make) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_fields_are_skipped(make) -> None:
     unknown = (_field(999, 0, _varint(7)) + _field(5000, 2, b"\xff\xfe garbage") + _field(77777, 5, b"1234")
                + _field(12345, 1, b"12345678") + _field(9, 2, b"\xff"))
     batch = cols_pb.UsageEventColumns()
@@ -333,7 +333,7 @@ def test_unknown_fields_are_skipped(make) -> None:  # type: ignore[no-untyped-de
 
 
 @BUILDERS
-def test_record_without_columns(make) -> None:  # type: ignore[no-untyped-def]
+def test_record_without_columns(make) -> None:
     batch = cols_pb.UsageEventColumns()
     batch.header.call_id = "x"
     batch.header.producer_id = "p"

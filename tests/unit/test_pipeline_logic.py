@@ -33,26 +33,26 @@ class FakeConsumer:
 
 def test_plan_reads_from_stored_offsets_to_high_water_marks() -> None:
     consumer = FakeConsumer(begins={0: 0, 1: 0, 2: 5}, ends={0: 100, 1: 40, 2: 5})
-    plan = plan_ranges(consumer, "t", stored={0: 60}, max_records=1000)  # type: ignore[arg-type]
+    plan = plan_ranges(consumer, "t", stored={0: 60}, max_records=1000)
     assert plan == [OffsetRange("t", 0, 60, 100), OffsetRange("t", 1, 0, 40)]
 
 
 def test_plan_starts_at_earliest_retained_offset() -> None:
     consumer = FakeConsumer(begins={0: 50}, ends={0: 80})
-    assert plan_ranges(consumer, "t", stored={0: 10}, max_records=1000) == [  # type: ignore[arg-type]
+    assert plan_ranges(consumer, "t", stored={0: 10}, max_records=1000) == [
         OffsetRange("t", 0, 50, 80)]
 
 
 def test_plan_shares_the_budget_and_gives_leftovers_to_big_partitions() -> None:
     consumer = FakeConsumer(begins={0: 0, 1: 0, 2: 0}, ends={0: 10, 1: 1000, 2: 1000})
-    plan = plan_ranges(consumer, "t", stored={}, max_records=300)  # type: ignore[arg-type]
+    plan = plan_ranges(consumer, "t", stored={}, max_records=300)
     assert [(r.partition, r.size) for r in plan] == [(0, 10), (1, 145), (2, 145)]
     assert sum(r.size for r in plan) == 300
 
 
 def test_plan_is_empty_without_backlog() -> None:
     consumer = FakeConsumer(begins={0: 0}, ends={0: 7})
-    assert plan_ranges(consumer, "t", stored={0: 7}, max_records=10) == []  # type: ignore[arg-type]
+    assert plan_ranges(consumer, "t", stored={0: 7}, max_records=10) == []
 
 
 def _chunk(events: list[dict]) -> Chunk:
@@ -67,7 +67,7 @@ def _event(ts: int, api: str, app: str, tier: str, code: int, rq: int = 10, rs: 
             "subscription_tier": tier, "response_code": code, "request_size_bytes": rq, "response_size_bytes": rs}
 
 
-def _cells(partial) -> dict:  # type: ignore[no-untyped-def]
+def _cells(partial) -> dict:
     cols = ["bucket_ms", "api_name", "application_id", "tier", "requests", "count_2xx", "count_3xx", "count_4xx",
             "count_5xx", "request_bytes", "response_bytes"]
     return {tuple(r[:4]): tuple(r[4:]) for r in partial.usage[cols].itertuples(index=False)}

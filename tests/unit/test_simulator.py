@@ -195,7 +195,7 @@ def test_fast_constructor_builds_equal_requests(small_catalog: Catalog, small_cr
         plain = SimRequest(**{f.name: getattr(r, f.name) for f in fields(SimRequest)})
         assert plain == r and hash(plain) == hash(r)
         with pytest.raises(AttributeError):
-            r.response_code = 1  # type: ignore[misc]
+            r.response_code = 1
 
 
 # --- ground truth ----------------------------------------------------------
@@ -388,7 +388,7 @@ def collector() -> Iterator[Fake]:
 
 def _settings(target: str, **kw: object) -> SendSettings:
     return SendSettings(target=target, concurrency=4, timeout_s=5, initial_backoff_s=0.001, max_backoff_s=0.01,
-                        **kw)  # type: ignore[arg-type]
+                        **kw)
 
 
 def test_sender_retries_unavailable_with_the_same_dedup_id(collector: Fake, small_catalog: Catalog,
@@ -424,7 +424,7 @@ def test_sender_counts_invalid_argument_without_retrying(collector: Fake, small_
 
 def test_sender_gives_up_after_max_attempts(collector: Fake, small_catalog: Catalog,
                                             small_credentials: Credentials) -> None:
-    servicer, target = collector
+    _servicer, target = collector
     reqs = _traffic(small_catalog, small_credentials, rate=10, duration_s=2)
     msgs = list(build_requests(reqs, batch_size=10))
     with pytest.raises(CollectorUnavailable, match="took no call: UNAVAILABLE after 2 attempts") as info:

@@ -115,7 +115,7 @@ def test_reopen_keeps_entries_and_read_position(tmp_path: Path) -> None:
         assert items[0][0] > acked
         more = await spool.append([make_entry(99)])
         assert more > items[-1][0]
-        assert [e for _, e in await drain(spool)] == entries[12:] + [make_entry(99)]
+        assert [e for _, e in await drain(spool)] == [*entries[12:], make_entry(99)]
         await spool.close()
         spool = Spool.open(tmp_path, max_bytes=10 << 20, segment_bytes=8192)
         assert spool.empty and await spool.read(10) == []
@@ -358,7 +358,7 @@ def test_other_damage_raises_spool_corrupt(tmp_path: Path) -> None:
     (tmp_path / "aside").rename(tmp_path / segment_name(2))
     position = tmp_path / POSITION_FILE
     position.write_bytes(position.read_bytes()[:-1] + b"\x07")
-    with pytest.raises(SpoolCorrupt, match="read.pos"):
+    with pytest.raises(SpoolCorrupt, match=r"read\.pos"):
         Spool.open(tmp_path, max_bytes=10 << 20)
 
 

@@ -209,4 +209,4 @@ def test_policy_is_validated_however_it_is_built() -> None:
     with pytest.raises(ValueError, match="negative quota -5"):
         ThrottlePolicy("api", "X", "requestCount", -5)
     with pytest.raises(ValueError, match="quota must be an integer or null"):
-        ThrottlePolicy("api", "X", "requestCount", True)  # type: ignore[arg-type]
+        ThrottlePolicy("api", "X", "requestCount", True)
