@@ -32,7 +32,7 @@ from apim_analytics.common import add_config_flag, add_store_flags, store_url
 from collector.settings import CollectorSettings
 from core import logs
 from core.errors import ApimError
-from core.settings import SettingsError, add_flags, describe, resolve
+from core.settings import add_flags, describe, resolve
 from dashboards.settings import DashboardSettings
 from pipeline.settings import PipelineSettings
 from simulator.config import SimulationConfig
@@ -86,12 +86,7 @@ def _subscriptions_load(args: argparse.Namespace) -> int:
     from store import subscriptions
     from store.engine import make_engine
 
-    try:
-        catalog = SubscriptionCatalog.load(args.file)
-    except FileNotFoundError as exc:
-        raise SettingsError(f"subscription catalog {args.file} does not exist") from exc
-    except (OSError, ValueError, KeyError) as exc:
-        raise SettingsError(f"subscription catalog {args.file}: {exc}") from exc
+    catalog = SubscriptionCatalog.load(args.file)  # before the store is opened: a bad file changes nothing
     engine = make_engine(url)
     try:
         written = subscriptions.save(engine, catalog.rows(), replace_all=args.replace)

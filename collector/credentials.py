@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from prometheus_client import Counter
 
+from collector.errors import CatalogError
 from core import jose
 
 if TYPE_CHECKING:
@@ -115,24 +116,41 @@ class SubscriptionCatalog:
         Each entry has ``credential_sha256`` (full hex digest or its first 32
         chars), the application fields, and ``subscriptions``: a list of
         ``{api_name, api_version, tier}`` (CSV: one row per subscription).
+
+        Raises:
+            CatalogError: the file is missing, unreadable, not valid YAML/JSON/CSV, or an entry is malformed.
         """
         p = Path(path)
-        text = p.read_text()
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise CatalogError(f"subscription catalog {p} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CatalogError(f"subscription catalog {p} cannot be read: {exc}") from exc
         rows: list[dict[str, Any]]
-        if p.suffix in (".yaml", ".yml"):
-            doc = yaml.safe_load(text) or []
-            rows = doc.get("subscriptions", []) if isinstance(doc, dict) else doc
-        elif p.suffix == ".csv":
-            rows = []
-            for r in csv.DictReader(text.splitlines()):
-                r = dict(r)
-                r["subscriptions"] = [{"api_name": r.pop("api_name", ""), "api_version": r.pop("api_version", ""),
-                                       "tier": r.pop("tier", "")}]
-                rows.append(r)
-        elif text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                doc = yaml.safe_load(text) or []
+                rows = doc.get("subscriptions", []) if isinstance(doc, dict) else doc
+            elif p.suffix == ".csv":
+                rows = []
+                for r in csv.DictReader(text.splitlines()):
+                    r = dict(r)
+                    r["subscriptions"] = [{"api_name": r.pop("api_name", ""),
+                                           "api_version": r.pop("api_version", ""), "tier": r.pop("tier", "")}]
+                    rows.append(r)
+            elif text.lstrip().startswith("["):
+                rows = json.loads(text)
+            else:
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except (yaml.YAMLError, json.JSONDecodeError, csv.Error) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            reason = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc)
+            raise CatalogError(f"subscription catalog {p} is not valid {p.suffix.lstrip('.').upper() or 'JSON'}"
+                               f"{where}: {reason}") from exc
+        if not isinstance(rows, list):
+            raise CatalogError(f"subscription catalog {p}: expected a list of entries or a 'subscriptions' list")
         return cls.from_rows(rows, str(p))
 
     @classmethod
@@ -141,14 +159,19 @@ class SubscriptionCatalog:
         p = origin
         entries: dict[str, SubscriptionEntry] = {}
         for i, r in enumerate(rows):
+            if not isinstance(r, dict):
+                raise CatalogError(f"{p}: entry {i} is not a mapping")
             digest = str(r.get("credential_sha256", ""))[:32]
             if len(digest) != 32:
-                raise ValueError(f"{p}: entry {i} has no credential_sha256")
+                raise CatalogError(f"{p}: entry {i} has no credential_sha256")
             listed = r.get("subscriptions")
             if listed is None and r.get("api_name"):  # a flat row: one subscription (CSV, the store table)
                 listed = [{"api_name": r["api_name"], "api_version": r.get("api_version", ""),
                            "tier": r.get("tier", "")}]
-            subs = {(str(s["api_name"]), str(s["api_version"])): str(s["tier"]) for s in listed or []}
+            try:
+                subs = {(str(s["api_name"]), str(s["api_version"])): str(s["tier"]) for s in listed or []}
+            except (KeyError, TypeError) as exc:
+                raise CatalogError(f"{p}: entry {i}: each subscription needs api_name, api_version and tier") from exc
             prev = entries.get(digest)
             if prev is not None:  # CSV: one row per subscription of the same credential
                 prev.subscriptions.update(subs)

@@ -54,6 +54,12 @@ class SpoolCorrupt(CollectorError):
     """
 
 
+# --- input files ------------------------------------------------------------------------------------
+
+class CatalogError(CollectorError, InputError, ValueError):
+    """A subscription catalog file cannot be used; the message names the file and the entry."""
+
+
 # --- one call's content ---------------------------------------------------------------------------
 
 class MalformedCall(CollectorError, InputError):

@@ -36,6 +36,10 @@ class StoreNotMigrated(StoreError):
     """The store has no schema, or an older one than this version reads."""
 
 
+class StoreRevisionUnknown(StoreError, InputError):
+    """``store migrate --revision`` names no revision this version ships."""
+
+
 class StoreConflict(StoreError, RetriableError):
     """A concurrent writer got there first (serialization failure, deadlock); plan again."""
 

@@ -56,7 +56,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 
-from store.errors import StoreError, StoreNotMigrated
+from store.errors import StoreError, StoreNotMigrated, StoreRevisionUnknown
 from store.tables import metadata
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -172,6 +172,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         StoreError: the store predates migrations (see the module docstring), or
             ``revision`` is unknown or behind the store.
     """
+    if revision != "head":
+        try:
+            known = _script().get_revision(revision) is not None
+        except CommandError:  # alembic's one error type: an unknown or ambiguous identifier
+            known = False
+        if not known:
+            raise StoreRevisionUnknown(f"no schema revision {revision!r}",
+                                       hint=f"name one of store/migrations/versions (the newest is {head_revision()!r})")
     with _IN_PROCESS, engine.begin() as conn:
         _lock(conn)
         _refuse_pre_alembic(conn)

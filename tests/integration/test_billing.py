@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from apim_analytics.cli import main
-from billing.export import BillableRule, BillingError, billable_usage, parse_period
+from billing.errors import BillingArgumentError as BillingError
+from billing.export import BillableRule, billable_usage, parse_period
 from billing.publisher import (
     FileSink,
     PublishError,

@@ -154,6 +154,10 @@ def test_bad_period_or_date(argv: list[str], expected: str, tmp_path: Path,
 
 @pytest.mark.parametrize(("argv", "expected"), [
     (["subscriptions", "load", "{tmp}/absent.yaml"], "subscription catalog {tmp}/absent.yaml does not exist"),
+    (["subscriptions", "load", "{tmp}/bad.yaml"],
+     "subscription catalog {tmp}/bad.yaml is not valid YAML at line 2, column 1: expected the node content, but "
+     "found '<stream end>'"),
+    (["subscriptions", "load", "{tmp}/entries.jsonl"], "{tmp}/entries.jsonl: entry 0 has no credential_sha256"),
     (["throttle", "policies", "load", "{tmp}/absent.yaml"], "policies file {tmp}/absent.yaml does not exist"),
     (["throttle", "policies", "load", "{tmp}/bad.yaml"],
      "{tmp}/bad.yaml: not valid YAML: while parsing a flow node expected the node content, but found "
@@ -166,8 +170,11 @@ def test_bad_period_or_date(argv: list[str], expected: str, tmp_path: Path,
 def test_missing_or_malformed_input_file(argv: list[str], expected: str, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.yaml").write_text("x: [\n")
+    (tmp_path / "entries.jsonl").write_text('{"application_id": "app-1"}\n')
     code, line = _run([*argv, "--store", f"sqlite:///{tmp_path / 'store.db'}"], tmp_path, capsys)
     assert (code, line) == (2, "apim-analytics: " + expected.replace("{tmp}", str(tmp_path)))
+    if argv[0] == "subscriptions":
+        assert not (tmp_path / "store.db").exists()  # the file is read before the store is opened
 
 
 def test_debug_adds_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,8 @@ import pytest
 from apim_analytics.cli import main
 from pipeline.commit import commit_run
 from pipeline.kafka_source import OffsetRange
-from query import MEASURES, QueryError, choose_table, usage
+from query.errors import QueryArgumentError as QueryError
+from query.usage import MEASURES, choose_table, usage
 from store.engine import create_schema, make_engine
 from store.latency import BUCKET_COUNT, bucket_of, percentile
 from tests.integration.test_store_commit import event, facts
@@ -203,7 +204,7 @@ def test_users_and_destinations(store: str) -> None:
 def test_bad_arguments(store: str, kwargs, message) -> None:
     with pytest.raises(QueryError, match=message):
         usage(store, **kwargs)
-    assert issubclass(QueryError, ValueError)
+    assert issubclass(QueryError, ValueError) and QueryError.usage and not QueryError.retriable
 
 
 CLI_GROUP = "api,version,application,tier,status_class"
