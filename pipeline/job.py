@@ -476,7 +476,7 @@ def _purge(settings: PipelineSettings, retention: RetentionSettings) -> None:
         deleted = purge(engine, retention)
         if any(deleted.values()):
             log.info("retention enforced", extra={"deleted": {k: v for k, v in deleted.items() if v}})
-    except Exception as exc:  # noqa: BLE001 - a failed purge is retried at the next one
-        log.error("retention purge failed", extra={"error": str(exc)[:300]})
+    except ApimError as exc:  # the store away or busy: the purge is retried at the next one; a defect stops the job
+        log.error("retention purge failed", extra={"error": exc.one_line()[:300], "retriable": exc.retriable})
     finally:
         engine.dispose()

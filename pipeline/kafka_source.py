@@ -114,6 +114,12 @@ class SourceRecord(NamedTuple):
     headers: list[tuple[str, bytes]] | None
 
 
+def _starved(bootstrap: str, rng: OffsetRange, position: int, polls: int) -> KafkaUnavailable:
+    """A range that stopped yielding records before its end: the broker is away or the data is gone."""
+    return KafkaUnavailable(f"{kafka_place(bootstrap, rng.topic)}: no records from partition {rng.partition} at "
+                            f"offset {position} after {polls} polls (range ends at {rng.end})", hint=KAFKA_HINT)
+
+
 class KafkaPythonRanges:
     """Reads ``[start, end)`` of one partition with kafka-python (the default: pure Python, no native code)."""
 
@@ -147,9 +153,7 @@ class KafkaPythonRanges:
                 if not records:
                     idle += 1
                     if idle > self.max_idle_polls:
-                        raise KafkaUnavailable(f"{kafka_place(self.bootstrap, rng.topic)}: no records from "
-                                               f"partition {rng.partition} at offset {consumer.position(tp)} "
-                                               f"after {idle} polls (range ends at {rng.end})", hint=KAFKA_HINT)
+                        raise _starved(self.bootstrap, rng, consumer.position(tp), idle)
                     time.sleep(0.01)
                     continue
                 idle = 0
@@ -203,9 +207,7 @@ class ConfluentRanges:
                 if not messages:
                     idle += 1
                     if idle > self.max_idle_polls:
-                        raise KafkaUnavailable(f"{kafka_place(self.bootstrap, rng.topic)}: no records from "
-                                               f"partition {rng.partition} at offset {position} after {idle} "
-                                               f"polls (range ends at {rng.end})", hint=KAFKA_HINT)
+                        raise _starved(self.bootstrap, rng, position, idle)
                     continue
                 idle = 0
                 yield batch
