@@ -28,7 +28,7 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
 
 def store_url(args: argparse.Namespace) -> str:
     """The store URL: ``--store`` > ``APIM_STORE_URL`` > ``store.url`` in the config file > default."""
-    return resolve(StoreSettings, args=args, section="store").url
+    return resolve(StoreSettings, args=args, section="store").store
 
 
 def write_output(text: str, out: str | None) -> None:

@@ -200,7 +200,7 @@ def resolve(
         return found
 
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if _file_key(f, section)[0] == section}
+    known = {key for where, key in (_file_key(f, section) for f in dataclasses.fields(cls)) if where == section}
     unknown = set(file_section(section)) - known
     if unknown:
         raise SettingsError(f"config section {section!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")

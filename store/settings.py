@@ -17,9 +17,10 @@ STORE_URL_KEY = "store.url"
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """The analytics store's URL (config-file section ``store:``)."""
+    """The analytics store's URL (config-file key ``store.url``; the field is named for its flag, ``--store``,
+    so it never collides with a subcommand's own ``--url``)."""
 
-    url: str = setting(DEFAULT_STORE_URL, env=STORE_URL_ENV, flag="--store", secret=True, key=STORE_URL_KEY,
+    store: str = setting(DEFAULT_STORE_URL, env=STORE_URL_ENV, secret=True, key=STORE_URL_KEY,
                        help="SQLAlchemy URL of the analytics store (sqlite:///FILE or "
                             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB; kept out of logs)")
 

@@ -55,3 +55,20 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         resolve(CollectorSettings, args=_parse(["--config", str(tmp_path / "nope.yaml")]),
                 section="collector", environ={})
+
+
+def test_the_store_url_is_one_key_for_every_component(tmp_path: Path) -> None:
+    from dashboards.settings import DashboardSettings
+    from pipeline.settings import PipelineSettings
+    from store.settings import StoreSettings
+
+    config = tmp_path / "c.yaml"
+    config.write_text("store:\n  url: postgresql+psycopg://u:p@db:5432/apim\n")
+    for cls, section in ((StoreSettings, "store"), (PipelineSettings, "pipeline"), (DashboardSettings, "dashboard")):
+        assert resolve(cls, section=section, config_file=config, environ={}).store == \
+            "postgresql+psycopg://u:p@db:5432/apim"
+    assert resolve(PipelineSettings, section="pipeline", config_file=config,
+                   environ={"APIM_STORE_URL": "sqlite:///env.db"}).store == "sqlite:///env.db"
+    config.write_text("pipeline:\n  store: sqlite:///old.db\n")
+    with pytest.raises(SettingsError, match=r"config section 'pipeline': unknown keys \['store'\]"):
+        resolve(PipelineSettings, section="pipeline", config_file=config, environ={})
