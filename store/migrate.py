@@ -178,8 +178,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         except CommandError:  # alembic's one error type: an unknown or ambiguous identifier
             known = False
         if not known:
+            newest = head_revision()
             raise StoreRevisionUnknown(f"no schema revision {revision!r}",
-                                       hint=f"name one of store/migrations/versions (the newest is {head_revision()!r})")
+                                       hint=f"name one of store/migrations/versions (the newest is {newest!r})")
     with _IN_PROCESS, engine.begin() as conn:
         _lock(conn)
         _refuse_pre_alembic(conn)
