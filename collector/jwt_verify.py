@@ -350,7 +350,7 @@ class _KeySet:
         return cls({k: tuple(v) for k, v in by_kid.items()}, tuple(jwks), tuple(fixed))
 
 
-class _Rejection(Exception):
+class _Rejection(CollectorError):
     """Internal: raised inside verification, turned into TokenInvalid at the edge."""
 
     def __init__(self, reason: Reason, detail: str) -> None:

@@ -336,7 +336,7 @@ def test_unreachable_store_answers_503() -> None:
     server = start_server(dashboard, "127.0.0.1:0")
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        assert _get(base, "/healthz") == (503, "store unreachable: OperationalError\n")
+        assert _get(base, "/healthz") == (503, "store unreachable: StoreUnavailable\n")
         assert _get(base, "/") == (503, "the store did not answer; try again\n")
         assert "apim_dashboard_store_up 0.0" in _get(base, "/metrics")[1]
     finally:

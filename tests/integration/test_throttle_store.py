@@ -330,7 +330,7 @@ def test_cli_bad_arguments_exit_2(store_url: str, argv: list[str], message: str,
 def test_cli_bad_policy_files_exit_2(store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     absent = tmp_path / "absent.yaml"
     assert main(["throttle", "policies", "load", str(absent), "--store", store_url]) == 2
-    assert _err_lines(capsys.readouterr().err) == [f"apim-analytics: {absent}: cannot read: No such file or directory"]
+    assert _err_lines(capsys.readouterr().err) == [f"apim-analytics: policies file {absent} does not exist"]
 
     invalid = tmp_path / "p.json"
     invalid.write_text(json.dumps({"policies": [{"level": "api", "name": "X", "quota_type": "requestCount",
@@ -351,11 +351,13 @@ def test_cli_bad_policy_files_exit_2(store_url: str, tmp_path: Path, capsys: pyt
     engine.dispose()
 
 
-def test_cli_unusable_store_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["throttle", "throttled", "--store", "mysql://u:secret@h/db"]) == 2
-    err = _err_lines(capsys.readouterr().err)
-    assert len(err) == 1 and err[0].startswith("apim-analytics: --store: store URL") and "only sqlite and postgresql" \
-        in err[0]
+def test_cli_unusable_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["throttle", "throttled", "--store", "mysql://u:secret@h/db"]) == 2  # the URL: a usage error
+    assert _err_lines(capsys.readouterr().err) == [
+        "apim-analytics: store URL 'mysql://u:***@h/db': only sqlite and postgresql are supported, not mysql"]
     bad = f"sqlite:///{tmp_path}/no/such/dir/x.db"
-    assert main(["throttle", "throttled", "--store", bad]) == 2
-    assert _err_lines(capsys.readouterr().err) == [f"apim-analytics: store {bad}: unable to open database file"]
+    assert main(["throttle", "throttled", "--store", bad]) == 1  # the store's state: a runtime failure
+    assert _err_lines(capsys.readouterr().err) == [
+        f"apim-analytics: store '{bad}' does not exist; check --store / APIM_STORE_URL, or fill it with "
+        "'apim-analytics pipeline run'"]
+    assert not (tmp_path / "no").exists()

@@ -164,7 +164,7 @@ def test_latency_histogram_gives_percentiles_with_latency_buckets(filled: Engine
     view = view_table("v_latency_by_resource_day")
     with filled.connect() as conn:
         row = conn.execute(select(view).where(view.c.day == D1, view.c.resource_template == "/menu")).one()
-        estimates = dict(conn.execute(text("SELECT bucket, estimate_ms FROM latency_buckets")))
+        estimates = dict(conn.execute(text("SELECT bucket, estimate_ms FROM latency_buckets")).all())
     counts = [row._mapping[c] for c in HISTOGRAM_COLUMNS]
     running, p50 = 0, None
     for bucket, count in enumerate(counts):
