@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apim-analytics", description="API usage analytics for an Istio mesh: "
                                      "collector, pipeline, store, queries, billing and dashboards.")
     parser.add_argument("--debug", action="store_true",
-                        help="print the traceback of an error and log at DEBUG [env: APIM_LOG_LEVEL=DEBUG]")
+                        help="print the traceback of an error and log at DEBUG; accepted anywhere on the line "
+                             "[env: APIM_LOG_LEVEL=DEBUG]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     collector = sub.add_parser("collector", help="the Mixer metric adapter").add_subparsers(
@@ -167,19 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _debugging(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "debug", False)) or os.environ.get("APIM_LOG_LEVEL", "").upper() == "DEBUG"
+def _debugging(flag: bool) -> bool:
+    return flag or os.environ.get("APIM_LOG_LEVEL", "").upper() == "DEBUG"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every error becomes one line on stderr and an exit status (see the module docstring)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, as the error hint suggests appending it; it is never a
+    # subcommand's or Beam's option, so it is taken out before the subcommand's parser sees the rest
+    debug_flag = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args, extra = parser.parse_known_args(argv)
     if args.func is _pipeline_run:
         args.beam_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    debug = _debugging(args)
+    debug = _debugging(debug_flag)
     logs.configure("DEBUG" if debug else None)
     try:
         return int(args.func(args) or 0)

@@ -135,6 +135,7 @@ def _policies_load(args: argparse.Namespace) -> int:
 
     if not Path(args.file).is_file():  # before the store is opened: a typo must not create one
         raise SettingsError(f"policies file {args.file} does not exist")
+    load_policies_file(args.file, known_policies=None)  # likewise a malformed file; assignments are checked below
     with _writer(args) as engine:
         ensure_default_policies(engine)
         with engine.connect() as conn:

@@ -30,6 +30,7 @@ from prometheus_client import Counter
 
 from collector.errors import CatalogError
 from core import jose
+from core.settings import syntax_problem
 
 if TYPE_CHECKING:
     from collector.jwt_verify import JwtVerifier
@@ -144,11 +145,8 @@ class SubscriptionCatalog:
             else:
                 rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         except (yaml.YAMLError, json.JSONDecodeError, csv.Error) as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            reason = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc)
-            raise CatalogError(f"subscription catalog {p} is not valid {p.suffix.lstrip('.').upper() or 'JSON'}"
-                               f"{where}: {reason}") from exc
+            kind = p.suffix.lstrip(".").upper().replace("YML", "YAML").replace("JSONL", "JSON") or "JSON"
+            raise CatalogError(f"subscription catalog {p} is not valid {kind}{syntax_problem(exc)}") from exc
         if not isinstance(rows, list):
             raise CatalogError(f"subscription catalog {p}: expected a list of entries or a 'subscriptions' list")
         return cls.from_rows(rows, str(p))

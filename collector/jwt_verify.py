@@ -54,6 +54,7 @@ from prometheus_client import Counter
 
 from collector.errors import CollectorError
 from core import jose
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,8 @@ class TokenInvalid(CollectorError, ValueError):
         return (type(self), (self.reason, self.detail, self.token_id))
 
 
-class JwtConfigError(CollectorError, ValueError):
+class JwtConfigError(CollectorError, InputError, ValueError):
     """A key file or verifier setting that cannot be used; the message names it and why."""
-
-    usage = True
 
 
 def token_id(token: str) -> str:

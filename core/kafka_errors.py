@@ -48,9 +48,7 @@ _KAFKA_PYTHON_TOO_LARGE: tuple[type[BaseException], ...] = tuple(
     c for c in (getattr(kafka_errors, n, None) for n in
                 ("MessageSizeTooLargeError", "RecordListTooLargeError", "RecordTooLargeError"))
     if isinstance(c, type))
-# kafka-python 2.x's "no broker answered the bootstrap" (3.x raises KafkaTimeoutError instead).
-_KAFKA_PYTHON_UNREACHABLE: tuple[type[BaseException], ...] = tuple(
-    c for c in (getattr(kafka_errors, "NoBrokersAvailable", None),) if isinstance(c, type))
+
 
 
 def confluent_error(exc: BaseException) -> Any:
@@ -80,8 +78,6 @@ def kafka_retriable(exc: BaseException) -> bool:
     """The same request may succeed later: Kafka was away, slow or moving leadership."""
     if isinstance(exc, kafka_errors.KafkaError):
         return bool(exc.retriable)
-    if isinstance(exc, _KAFKA_PYTHON_UNREACHABLE):
-        return True
     err = confluent_error(exc)
     if err is not None:
         return bool(err.retriable()) or err.code() in _confluent_codes(err, _CONFLUENT_UNAVAILABLE)

@@ -22,5 +22,3 @@ USAGE_RECORD_SCHEMA: bytes = f"{USAGE_EVENT_COLUMNS_TYPE};format={USAGE_RECORD_F
 """``schema`` header of a usage record."""
 DEAD_LETTER_SCHEMA: bytes = DEAD_LETTER_TYPE.encode()
 """``schema`` header of a dead-letter record."""
-SCHEMA_HEADER = "schema"
-SOURCE_HEADER = "source"

@@ -147,10 +147,17 @@ def read_yaml(path: Path, what: str) -> Any:
     except OSError as exc:
         raise SettingsError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise SettingsError(f"{what} {path} is not valid YAML{where}: {problem}") from exc
+        raise SettingsError(f"{what} {path} is not valid YAML{syntax_problem(exc)}") from exc
+
+
+def syntax_problem(exc: Exception) -> str:
+    """`` at line L, column C: PROBLEM`` for a YAML or JSON syntax error, on one line (for messages)."""
+    mark = getattr(exc, "problem_mark", None)  # PyYAML's MarkedYAMLError
+    if mark is not None:
+        return f" at line {mark.line + 1}, column {mark.column + 1}: {getattr(exc, 'problem', None) or exc}"
+    if hasattr(exc, "lineno") and hasattr(exc, "msg"):  # json.JSONDecodeError
+        return f" at line {exc.lineno}, column {getattr(exc, 'colno', 0)}: {exc.msg}"
+    return ": " + " ".join(str(exc).split())
 
 
 def load_config_file(path: str | Path | None) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from typing import Any, TypeVar, overload
 import pandas as pd
 from sqlalchemy import Connection, Engine, String, and_, case, func, literal, select, tuple_
 
-from query.usage import GRANULARITIES, QueryError, usage
+from query.errors import QueryArgumentError
+from query.usage import GRANULARITIES, usage
 from store import tables as t
 
 FORMAT_VERSION = 1
@@ -132,13 +133,13 @@ def dashboard_data(engine: Engine, *, start: dt.datetime | None = None, end: dt.
     """The document one dashboard page shows (see the module docstring).
 
     Raises:
-        QueryError: an unknown API or granularity, an empty or inverted range.
+        QueryArgumentError: an unknown API or granularity, an empty or inverted range.
     """
     start, end = _naive_utc(start), _naive_utc(end)
     if granularity != "auto" and granularity not in GRANULARITIES:
-        raise QueryError(f"unknown granularity {granularity!r}; choose from auto, {', '.join(GRANULARITIES)}")
+        raise QueryArgumentError(f"unknown granularity {granularity!r}; choose from auto, {', '.join(GRANULARITIES)}")
     if start is not None and end is not None and start >= end:
-        raise QueryError(f"empty or inverted time range: start {start.isoformat()} is not before "
+        raise QueryArgumentError(f"empty or inverted time range: start {start.isoformat()} is not before "
                          f"end {end.isoformat()}")
     generated = _naive_utc(now or dt.datetime.now(dt.UTC))
     with engine.connect() as conn:
@@ -146,7 +147,7 @@ def dashboard_data(engine: Engine, *, start: dt.datetime | None = None, end: dt.
         starts = _table_starts(conn)
         if api is not None and conn.execute(select(t.api_catalog.c.api_name)
                                             .where(t.api_catalog.c.api_name == api).limit(1)).first() is None:
-            raise QueryError(f"unknown API name(s): {api!r}")
+            raise QueryArgumentError(f"unknown API name(s): {api!r}")
         app_names = {r.application_id: r.application_name
                      for r in conn.execute(select(t.application_catalog.c.application_id,
                                                   t.application_catalog.c.application_name))}

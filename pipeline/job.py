@@ -477,6 +477,8 @@ def _purge(settings: PipelineSettings, retention: RetentionSettings) -> None:
         if any(deleted.values()):
             log.info("retention enforced", extra={"deleted": {k: v for k, v in deleted.items() if v}})
     except ApimError as exc:  # the store away or busy: the purge is retried at the next one; a defect stops the job
-        log.error("retention purge failed", extra={"error": exc.one_line()[:300], "retriable": exc.retriable})
+        if not exc.retriable:
+            raise
+        log.error("retention purge failed", extra={"error": exc.one_line()[:300]})
     finally:
         engine.dispose()

@@ -38,7 +38,7 @@ minute-aligned is read from usage_minute, selecting the minutes that *start* in 
 Without start/end every stored bucket is read.
 
 Times are UTC: naive datetimes are taken as UTC, aware ones converted. Every value reaches the
-database as a bound parameter (SQLAlchemy Core). Bad arguments raise ``QueryError`` (a ValueError).
+database as a bound parameter (SQLAlchemy Core). Bad arguments raise ``query.errors.QueryArgumentError``.
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import BigInteger, Engine, Table, cast, func, select
 
-from query.errors import QueryArgumentError as QueryError
+from query.errors import QueryArgumentError
 from query.names import GRANULARITIES, GROUP_BY, MEASURES, STATUS_CLASSES
 from store import tables as t
 from store.engine import open_reader
 from store.latency import BUCKET_COUNT, histogram_column, percentiles
 
-__all__ = ["GRANULARITIES", "GROUP_BY", "MEASURES", "STATUS_CLASSES", "QueryError", "choose_table", "usage"]
+__all__ = ["GRANULARITIES", "GROUP_BY", "MEASURES", "STATUS_CLASSES", "QueryArgumentError", "choose_table", "usage"]
 _RANK = {g: i for i, g in enumerate(GRANULARITIES)}
 _HIST = tuple(histogram_column(i) for i in range(BUCKET_COUNT))
 
@@ -82,16 +82,16 @@ _DESTINATION = _Family("destination", t.DESTINATION_TABLES,
 def _family(group_by: Sequence[str]) -> _Family:
     unknown = [g for g in group_by if g not in GROUP_BY]
     if unknown:
-        raise QueryError(f"unknown group-by name(s) {', '.join(map(repr, unknown))}; "
+        raise QueryArgumentError(f"unknown group-by name(s) {', '.join(map(repr, unknown))}; "
                          f"choose from {', '.join(GROUP_BY)}")
     if len(set(group_by)) != len(group_by):
-        raise QueryError(f"group-by names repeat: {', '.join(group_by)}")
+        raise QueryArgumentError(f"group-by names repeat: {', '.join(group_by)}")
     family = _USER if "user" in group_by else _DESTINATION if "destination" in group_by else _USAGE
     if "user" in group_by and "destination" in group_by:
-        raise QueryError("'user' and 'destination' cannot be grouped together (they live in different tables)")
+        raise QueryArgumentError("'user' and 'destination' cannot be grouped together (they live in different tables)")
     extra = [g for g in group_by if g not in family.groups]
     if extra:
-        raise QueryError(f"group-by {', '.join(map(repr, extra))} cannot be combined with {family.name!r} "
+        raise QueryArgumentError(f"group-by {', '.join(map(repr, extra))} cannot be combined with {family.name!r} "
                          f"(allowed with it: {', '.join(sorted(family.groups))})")
     return family
 
@@ -100,7 +100,7 @@ def _utc(value: dt.datetime | None, name: str) -> dt.datetime | None:
     if value is None:
         return None
     if not isinstance(value, dt.datetime):
-        raise QueryError(f"{name} must be a datetime, not {type(value).__name__}")
+        raise QueryArgumentError(f"{name} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value
@@ -122,9 +122,9 @@ def _aligned(value: dt.datetime, granularity: str) -> bool:
 
 def _check(start: dt.datetime | None, end: dt.datetime | None, granularity: str | None) -> None:
     if granularity is not None and granularity not in _RANK:
-        raise QueryError(f"unknown granularity {granularity!r}; choose from {', '.join(GRANULARITIES)}")
+        raise QueryArgumentError(f"unknown granularity {granularity!r}; choose from {', '.join(GRANULARITIES)}")
     if start is not None and end is not None and start >= end:
-        raise QueryError(f"empty or inverted time range: start {start.isoformat()} is not before "
+        raise QueryArgumentError(f"empty or inverted time range: start {start.isoformat()} is not before "
                          f"end {end.isoformat()}")
 
 
@@ -139,8 +139,9 @@ def _choose(family: _Family, start: dt.datetime | None, end: dt.datetime | None,
         return t.usage_minute.name
     finest = min(family.tables, key=_RANK.__getitem__)
     if granularity is not None and _RANK[granularity] < _RANK[finest]:
-        raise QueryError(f"grouping by {family.name!r} needs granularity {finest} or coarser, not {granularity}")
-    raise QueryError(f"grouping by {family.name!r} reads per-{finest} data: the time range must start and end "
+        raise QueryArgumentError(f"grouping by {family.name!r} needs granularity {finest} or coarser, "
+                                 f"not {granularity}")
+    raise QueryArgumentError(f"grouping by {family.name!r} reads per-{finest} data: the time range must start and end "
                      f"on whole {finest}s")
 
 
@@ -159,7 +160,7 @@ def _names(values: str | Iterable[str] | None, what: str) -> list[str] | None:
         return None
     names = [values] if isinstance(values, str) else list(values)
     if not names:
-        raise QueryError(f"an empty list of {what}s selects nothing; pass None for all")
+        raise QueryArgumentError(f"an empty list of {what}s selects nothing; pass None for all")
     return names
 
 
@@ -172,7 +173,7 @@ def _check_apis(conn, table: Table, apis: list[str]) -> None:
                                   .distinct()).scalars())
     missing = [a for a in apis if a not in known]
     if missing:
-        raise QueryError(f"unknown API name(s): {', '.join(map(repr, missing))}")
+        raise QueryArgumentError(f"unknown API name(s): {', '.join(map(repr, missing))}")
 
 
 def _truncate(col: pd.Series, granularity: str) -> pd.Series:
@@ -200,20 +201,20 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
             breakdown by tier) reads a fraction of the data. Default: all.
 
     Raises:
-        QueryError: an unknown name, granularity or API, an empty/inverted range, top < 1.
+        QueryArgumentError: an unknown name, granularity or API, an empty/inverted range, top < 1.
     """
     group_by = list(group_by)
     family = _family(group_by)
     start, end = _utc(start, "start"), _utc(end, "end")
     _check(start, end, granularity)
     if "bucket" in group_by and granularity is None:
-        raise QueryError(f"grouping by bucket needs a granularity ({', '.join(GRANULARITIES)})")
+        raise QueryArgumentError(f"grouping by bucket needs a granularity ({', '.join(GRANULARITIES)})")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
-        raise QueryError(f"top must be a positive integer, not {top!r}")
+        raise QueryArgumentError(f"top must be a positive integer, not {top!r}")
     api_names = _names(apis, "API")
     app_ids = _names(applications, "application")
     if app_ids is not None and "application_id" not in {c.name for c in family.tables[next(iter(family.tables))].c}:
-        raise QueryError(f"grouping by {family.name!r}: the table has no application to filter on")
+        raise QueryArgumentError(f"grouping by {family.name!r}: the table has no application to filter on")
     table = t.metadata.tables[_choose(family, start, end, granularity)]
 
     keys = [GROUP_BY[g] for g in group_by if g != "status_class"]
@@ -300,7 +301,8 @@ def _sources(family: _Family, measures: Sequence[str] | None, by_status: bool) -
         return list(family.sums), list(family.maxes)
     unknown = [m for m in measures if m not in _SOURCES]
     if unknown:
-        raise QueryError(f"unknown measure(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MEASURES)}")
+        raise QueryArgumentError(f"unknown measure(s) {', '.join(map(repr, unknown))}; "
+                                 f"choose from {', '.join(MEASURES)}")
     wanted = {"requests"} | {c for m in measures for c in _SOURCES[m]}
     if by_status:
         wanted |= {f"count_{cls}" for cls in STATUS_CLASSES}

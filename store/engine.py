@@ -15,7 +15,7 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError
 
 from store import migrate
-from store.errors import StoreError, StoreNotFound, StoreUrlError, translate
+from store.errors import StoreError, StoreNotFound, StoreUrlError, about_the_store, translate
 from store.settings import DEFAULT_STORE_URL
 
 __all__ = ["DEFAULT_STORE_URL", "StoreError", "create_schema", "describe_url", "make_engine", "open_reader"]
@@ -109,6 +109,10 @@ def _translate_errors(engine: Engine, shown: str) -> None:
     def handle(context: ExceptionContext) -> Any:
         if context.is_pre_ping:  # SQLAlchemy recycles the connection itself
             return None
+        operational = context.dialect.loaded_dbapi.OperationalError
+        if not (context.is_disconnect or isinstance(context.original_exception, operational)
+                or about_the_store(context.original_exception)):
+            return None  # the statement's fault (syntax, a bad bind value): a defect, left as it is
         return translate(context.original_exception, where=f"store {shown!r}",
                          connecting=context.connection is None)
 

@@ -1,8 +1,9 @@
 """The store's errors, and the one place database-driver errors become them.
 
 Every engine made by :func:`store.engine.make_engine` translates the driver's
-errors as they are raised (SQLAlchemy's ``handle_error`` event), and
-:func:`translate` serves code that talks to the driver directly (bulk COPY).
+errors about the store's state as they are raised (SQLAlchemy's ``handle_error``
+event); an error that is the statement's fault (SQL syntax, a bad bind value, a
+constraint our code broke) is a defect and keeps SQLAlchemy's type.
 Classification uses what the drivers expose as data: psycopg's SQLSTATE
 class and SQLite's result-code name, never message text. The driver's own
 reason is kept in the message, because it is what an operator needs to read
@@ -50,6 +51,15 @@ class StoreConflict(StoreError, RetriableError):
 _RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
 _UNDEFINED_TABLE = "42P01"
 _SQLITE_RETRIABLE = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_PROTOCOL"})
+
+
+def about_the_store(orig: BaseException) -> bool:
+    """The server's SQLSTATE says the store's state is at fault (away, busy, no schema, login refused),
+    not the statement (DB-API OperationalErrors, SQLite's included, are taken as such by the caller)."""
+    sqlstate = getattr(orig, "sqlstate", None)
+    if not sqlstate:
+        return False
+    return sqlstate == _UNDEFINED_TABLE or sqlstate[:2] in _RETRIABLE_SQLSTATE_CLASSES | {"40", "28", "3D"}
 
 
 def _reason(orig: BaseException) -> str:

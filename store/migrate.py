@@ -26,7 +26,7 @@ Stores created before migrations existed (by ``metadata.create_all``) have
 the tables but no ``alembic_version`` table. They are not adopted: guessing
 whether such a store matches revision 0001 exactly is not worth the risk
 while the project is pre-release, so :func:`upgrade` refuses with a
-:class:`~store.engine.StoreError` saying to recreate the store.
+:class:`~store.errors.StoreError` saying to recreate the store.
 
 New revisions are written by hand (autogenerate does not see views, and a
 revision must keep creating the schema it was written for, so each one spells
@@ -132,7 +132,11 @@ def require_current(engine: Engine, where: str) -> None:
     if current is None:
         raise StoreNotMigrated(f"{where} has no analytics tables",
                                hint="create them with 'apim-analytics store migrate --store URL'")
-    if _script().get_revision(current) is None:
+    try:
+        known = _script().get_revision(current) is not None
+    except CommandError:  # alembic's one error type: a revision its scripts do not have
+        known = False
+    if not known:
         raise StoreNotMigrated(f"{where} is at schema revision {current!r}, newer than this version's {head!r}",
                                hint="upgrade istio-apim-analytics to read it")
     raise StoreNotMigrated(f"{where} is at schema revision {current!r}; this version reads {head!r}",

@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Engine, and_, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.errors import InputError
+from core.settings import syntax_problem
 from store.errors import StoreError
 from store.tables import NAME, SHORT, throttle_assignments, throttle_counters, throttle_decisions, throttle_policies
 from store.upsert import additive_upsert, replace_upsert
@@ -190,7 +191,7 @@ def _read_document(path: Path) -> Any:
         return yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise PolicyError(f"{path}: not valid {kind}: {' '.join(str(exc).split())}") from exc
+        raise PolicyError(f"{path}: not valid {kind}{syntax_problem(exc)}") from exc
 
 
 def _entries(path: Path, doc: Mapping[str, Any], section: str) -> list[Mapping[str, Any]]:
@@ -205,7 +206,7 @@ def _entries(path: Path, doc: Mapping[str, Any], section: str) -> list[Mapping[s
     return value
 
 
-def load_policies_file(path: str | Path, *, known_policies: Collection[tuple[str, str]] = ()
+def load_policies_file(path: str | Path, *, known_policies: Collection[tuple[str, str]] | None = ()
                        ) -> tuple[list[ThrottlePolicy], list[ThrottleAssignment]]:
     """Read and validate custom policies and API-level assignments from YAML or JSON.
 
@@ -213,6 +214,8 @@ def load_policies_file(path: str | Path, *, known_policies: Collection[tuple[str
     may name a policy from the file, a WSO2 default, or one of
     ``known_policies`` (``(level, name)`` pairs, e.g. those already stored),
     so a typo is caught here instead of silently counting the API as unlimited.
+    ``known_policies=None`` skips that one check, for validating a file before
+    the store (which holds the stored policies) is opened.
 
     Raises:
         PolicyError: naming the file, the entry (``policies[2]``) and the problem.
@@ -246,7 +249,7 @@ def load_policies_file(path: str | Path, *, known_policies: Collection[tuple[str
         seen[key] = i
         policies.append(policy)
 
-    known = set(seen) | {(p.level, p.name) for p in DEFAULT_POLICIES} | set(known_policies)
+    known = set(seen) | {(p.level, p.name) for p in DEFAULT_POLICIES} | set(known_policies or ())
     assignments: list[ThrottleAssignment] = []
     assigned: dict[str, int] = {}
     for i, entry in enumerate(_entries(path, doc, "assignments")):
@@ -263,7 +266,7 @@ def load_policies_file(path: str | Path, *, known_policies: Collection[tuple[str
                               f"policies come with each request), not {level!r}")
         if not isinstance(key, str) or not key or len(key) > NAME:
             raise PolicyError(f"{where}: throttle_key must be a non-empty string of at most {NAME} characters")
-        if (level, policy_name) not in known:
+        if known_policies is not None and (level, policy_name) not in known:
             raise PolicyError(f"{where}: unknown policy {policy_name!r} at level {level}")
         if key in assigned:
             raise PolicyError(f"{where}: {key!r} is already assigned at assignments[{assigned[key]}]")

@@ -160,8 +160,7 @@ def test_bad_period_or_date(argv: list[str], expected: str, tmp_path: Path,
     (["subscriptions", "load", "{tmp}/entries.jsonl"], "{tmp}/entries.jsonl: entry 0 has no credential_sha256"),
     (["throttle", "policies", "load", "{tmp}/absent.yaml"], "policies file {tmp}/absent.yaml does not exist"),
     (["throttle", "policies", "load", "{tmp}/bad.yaml"],
-     "{tmp}/bad.yaml: not valid YAML: while parsing a flow node expected the node content, but found "
-     "'<stream end>' in \"<unicode string>\", line 2, column 1: ^"),
+     "{tmp}/bad.yaml: not valid YAML at line 2, column 1: expected the node content, but found '<stream end>'"),
     (["usage", "--group-by", "api", "--config", "{tmp}/absent.yaml"], "config file {tmp}/absent.yaml does not exist"),
     (["usage", "--group-by", "api", "--config", "{tmp}/bad.yaml"],
      "config file {tmp}/bad.yaml is not valid YAML at line 2, column 1: expected the node content, but found "
@@ -173,8 +172,7 @@ def test_missing_or_malformed_input_file(argv: list[str], expected: str, tmp_pat
     (tmp_path / "entries.jsonl").write_text('{"application_id": "app-1"}\n')
     code, line = _run([*argv, "--store", f"sqlite:///{tmp_path / 'store.db'}"], tmp_path, capsys)
     assert (code, line) == (2, "apim-analytics: " + expected.replace("{tmp}", str(tmp_path)))
-    if argv[0] == "subscriptions":
-        assert not (tmp_path / "store.db").exists()  # the file is read before the store is opened
+    assert not (tmp_path / "store.db").exists()  # the file is read before the store is opened
 
 
 def test_debug_adds_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,3 +180,28 @@ def test_debug_adds_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
     assert err.rstrip().splitlines()[-1].startswith("apim-analytics: store URL 'sqlite//no-slashes.db'")
+
+
+def test_debug_is_accepted_after_the_subcommand_too(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["usage", "--group-by", "api", "--store", MALFORMED, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.rstrip().splitlines()[-1].startswith("apim-analytics: store URL 'sqlite//no-slashes.db'")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_reader_on_a_store_newer_than_this_version(kind: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy import text
+
+    with fresh_store(kind, tmp_path) as url:
+        assert main(["store", "migrate", "--store", url]) == 0
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+        engine.dispose()
+        capsys.readouterr()
+        code, line = _run(["usage", "--group-by", "api", "--store", url], tmp_path, capsys)
+        assert (code, line) == (1, f"apim-analytics: store '{_host(url)}' is at schema revision '0099_future', newer "
+                                   "than this version's '0004_usage_api_index'; upgrade istio-apim-analytics to "
+                                   "read it")

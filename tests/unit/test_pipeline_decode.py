@@ -28,8 +28,8 @@ def reference(capacity: int = 4) -> ChunkBuilder:
 
 
 def compiled(capacity: int = 4):
-    # Imported here, not through pipeline.decode's optional import: an install without the compiled
-    # module fails these tests (ImportError) instead of skipping them.
+    # Imported directly: an install without the compiled module fails these tests (ImportError)
+    # instead of skipping them.
     from pipeline._columns import CompiledChunkBuilder
     return CompiledChunkBuilder(AGGREGATED_COLUMNS, capacity)
 

@@ -195,12 +195,13 @@ def test_unreadable_and_unparsable_files(tmp_path: Path) -> None:
         load_policies_file(missing)
     bad_json = tmp_path / "bad.json"
     bad_json.write_text('{"policies": [', encoding="utf-8")
-    with pytest.raises(PolicyError, match=r"bad.json: not valid JSON: ") as exc:
+    with pytest.raises(PolicyError, match=r"bad\.json: not valid JSON at line 1, column 15: Expecting value$") as exc:
         load_policies_file(bad_json)
     assert "\n" not in str(exc.value)
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("policies: [\n  - {level: api\n", encoding="utf-8")
-    with pytest.raises(PolicyError, match=r"bad.yaml: not valid YAML: ") as exc:
+    expected = r"bad\.yaml: not valid YAML at line 2, column 3: expected the node content, but found '-'$"
+    with pytest.raises(PolicyError, match=expected) as exc:
         load_policies_file(bad_yaml)
     assert "\n" not in str(exc.value)
 
