@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["SimulationConfig", "add_arguments", "run", "simulate"]
 
 CONFIG_SECTION = "simulate"
-JSON_ENV = "APIM_SIM_JSON"
-_TRUE = ("1", "true", "yes", "on")
 
 
 def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
@@ -51,14 +48,10 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``simulate`` flags (one per :class:`SimulationConfig` field, plus ``--config`` and ``--json``)."""
+    """Add the ``simulate`` flags: ``--config`` and one per :class:`SimulationConfig` field."""
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML config file; its 'simulate' section sets defaults [env: APIM_CONFIG]")
     add_flags(parser, SimulationConfig)
-    parser.add_argument("--json", action="store_true",
-                        default=os.environ.get(JSON_ENV, "").strip().lower() in _TRUE,
-                        help=f"print the report as JSON on stdout (the summary goes to stderr) "
-                             f"[env: {JSON_ENV}; default: False]")
 
 
 def _iso(ms: int) -> str:
@@ -110,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     config = replace(config, start=start_ms)
     report, truth = simulate(config)
     text = summary(config, start_ms, report, truth)
-    if getattr(args, "json", False):
+    if config.json_report:
         print(text, file=sys.stderr)
         print(json.dumps(report_dict(config, start_ms, report, truth), indent=2))
     else:

@@ -245,6 +245,8 @@ class SimulationConfig:
         None, env="APIM_SIM_SUBSCRIPTIONS_OUT",
         help="write the opaque-token subscription catalog here (JSON lines, for the collector)")
     dry_run: bool = setting(False, env="APIM_SIM_DRY_RUN", help="build everything, send nothing")
+    json_report: bool = setting(False, env="APIM_SIM_JSON", flag="--json",
+                                help="print the report as JSON on stdout (the summary goes to stderr)")
     #: The simulated world; not a flag.
     profile: SimulationProfile = field(default_factory=SimulationProfile)
     #: A ready :class:`simulator.tokens.SigningKey` (library use; wins over ``signing_key``).
