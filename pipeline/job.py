@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 # FnApiRunner in-process: the DirectRunner would first try Prism, which
 # downloads a binary at run time (docs/kafka-and-beam.md section 2). Users override with --runner.
-DEFAULT_BEAM_ARGS = ["--runner=FnApiRunner"]
+# Beam 2.62 knows the in-process runner only by its full name
+DEFAULT_BEAM_ARGS = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"]
 
 
 @dataclass(frozen=True)

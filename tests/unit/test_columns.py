@@ -26,7 +26,7 @@ def test_every_event_field_is_a_column_with_the_same_number() -> None:
         if f.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING):
             assert col.message_type is cols_pb.StringColumn.DESCRIPTOR  # dictionary-encoded
         else:
-            assert col.is_repeated and col.type == f.type
+            assert col.label == FieldDescriptor.LABEL_REPEATED and col.type == f.type
 
 
 def test_string_columns_carry_each_distinct_value_once() -> None:

@@ -263,14 +263,14 @@ def test_beam_fnapirunner_reraises_a_dofn_error_as_found() -> None:
     beam = pytest.importorskip("apache_beam")
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.job import runner_error
+    from pipeline.job import DEFAULT_BEAM_ARGS, runner_error
     from store.errors import StoreUnavailable
 
     class Boom(beam.DoFn):
         def process(self, _x):
             raise StoreUnavailable("db away", hint="start it")
 
-    with pytest.raises(Exception) as info, beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+    with pytest.raises(Exception) as info, beam.Pipeline(options=PipelineOptions(DEFAULT_BEAM_ARGS)) as p:
         _ = p | beam.Create([1]) | beam.ParDo(Boom())
     found = runner_error(info.value)
     assert isinstance(found, StoreUnavailable) and found.hint == "start it" and found.retriable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from kafka import TopicPartition
@@ -89,7 +90,7 @@ def test_chunk_aggregates_by_minute_and_status_class() -> None:
 def test_beam_combine_merges_partials_like_merge() -> None:
     a = aggregate_chunk(_chunk([_event(60_000, "A", "x", "Gold", 200)] * 3))
     b = aggregate_chunk(_chunk([_event(60_500, "A", "x", "Gold", 201), _event(0, "A", "x", "Gold", 500)]))
-    with TestPipeline(runner="FnApiRunner") as p:
+    with TestPipeline(runner=FnApiRunner()) as p:
         out = (p | beam.Create([a, b]) | "Wrap" >> beam.Map(lambda part: ReadResult(partial=part))
                | beam.CombineGlobally(MergeReadResults()) | "Cells" >> beam.Map(lambda r: _cells(r.partial)))
         assert_that(out, equal_to([{

@@ -1062,7 +1062,7 @@ def describe(field: FieldDescriptor) -> str:
     entry = field.message_type
     if entry is not None and entry.GetOptions().map_entry:
         return f"map<{_type_name(entry.fields_by_name['key'])}, {_type_name(entry.fields_by_name['value'])}>"
-    return ("repeated " if field.is_repeated else "") + _type_name(field)
+    return ("repeated " if field.label == field.LABEL_REPEATED else "") + _type_name(field)
 
 
 ANY = "google.protobuf.Any"

@@ -1,12 +1,9 @@
-import datetime
-
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -34,7 +31,7 @@ class Value(_message.Message):
     dns_name_value: DNSName
     uri_value: Uri
     string_map_value: StringMap
-    def __init__(self, string_value: _Optional[str] = ..., int64_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., ip_address_value: _Optional[_Union[IPAddress, _Mapping]] = ..., timestamp_value: _Optional[_Union[TimeStamp, _Mapping]] = ..., duration_value: _Optional[_Union[Duration, _Mapping]] = ..., email_address_value: _Optional[_Union[EmailAddress, _Mapping]] = ..., dns_name_value: _Optional[_Union[DNSName, _Mapping]] = ..., uri_value: _Optional[_Union[Uri, _Mapping]] = ..., string_map_value: _Optional[_Union[StringMap, _Mapping]] = ...) -> None: ...
+    def __init__(self, string_value: _Optional[str] = ..., int64_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: bool = ..., ip_address_value: _Optional[_Union[IPAddress, _Mapping]] = ..., timestamp_value: _Optional[_Union[TimeStamp, _Mapping]] = ..., duration_value: _Optional[_Union[Duration, _Mapping]] = ..., email_address_value: _Optional[_Union[EmailAddress, _Mapping]] = ..., dns_name_value: _Optional[_Union[DNSName, _Mapping]] = ..., uri_value: _Optional[_Union[Uri, _Mapping]] = ..., string_map_value: _Optional[_Union[StringMap, _Mapping]] = ...) -> None: ...
 
 class IPAddress(_message.Message):
     __slots__ = ("value",)
@@ -46,13 +43,13 @@ class Duration(_message.Message):
     __slots__ = ("value",)
     VALUE_FIELD_NUMBER: _ClassVar[int]
     value: _duration_pb2.Duration
-    def __init__(self, value: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, value: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class TimeStamp(_message.Message):
     __slots__ = ("value",)
     VALUE_FIELD_NUMBER: _ClassVar[int]
     value: _timestamp_pb2.Timestamp
-    def __init__(self, value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, value: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DNSName(_message.Message):
     __slots__ = ("value",)

@@ -6,8 +6,10 @@ import warnings
 from schemas.mixer.adapter.model.v1beta1 import report_pb2 as schemas_dot_mixer_dot_adapter_dot_model_dot_v1beta1_dot_report__pb2
 from schemas.mixer.template.metric import template_handler_service_pb2 as schemas_dot_mixer_dot_template_dot_metric_dot_template__handler__service__pb2
 
-GRPC_GENERATED_VERSION = '1.81.1'
+GRPC_GENERATED_VERSION = '1.65.5'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.66.0'
+SCHEDULED_RELEASE_DATE = 'August 6, 2024'
 _version_not_supported = False
 
 try:
@@ -17,16 +19,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in schemas/mixer/template/metric/template_handler_service_pb2_grpc.py depends on'
+        + f' but the generated code in schemas/mixer/template/metric/template_handler_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class HandleMetricServiceStub:
+class HandleMetricServiceStub(object):
     """HandleMetricService is what an out-of-process metric adapter serves.
     """
 
@@ -43,7 +48,7 @@ class HandleMetricServiceStub:
                 _registered_method=True)
 
 
-class HandleMetricServiceServicer:
+class HandleMetricServiceServicer(object):
     """HandleMetricService is what an out-of-process metric adapter serves.
     """
 
@@ -69,7 +74,7 @@ def add_HandleMetricServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class HandleMetricService:
+class HandleMetricService(object):
     """HandleMetricService is what an out-of-process metric adapter serves.
     """
 

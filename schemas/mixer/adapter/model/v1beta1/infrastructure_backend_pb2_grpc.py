@@ -5,8 +5,10 @@ import warnings
 
 from schemas.mixer.adapter.model.v1beta1 import infrastructure_backend_pb2 as schemas_dot_mixer_dot_adapter_dot_model_dot_v1beta1_dot_infrastructure__backend__pb2
 
-GRPC_GENERATED_VERSION = '1.81.1'
+GRPC_GENERATED_VERSION = '1.65.5'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.66.0'
+SCHEDULED_RELEASE_DATE = 'August 6, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in schemas/mixer/adapter/model/v1beta1/infrastructure_backend_pb2_grpc.py depends on'
+        + f' but the generated code in schemas/mixer/adapter/model/v1beta1/infrastructure_backend_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class InfrastructureBackendStub:
+class InfrastructureBackendStub(object):
     """InfrastructureBackend lets Mixer validate an adapter's configuration and,
     for session-based adapters, open and close sessions that carry it.
     """
@@ -53,7 +58,7 @@ class InfrastructureBackendStub:
                 _registered_method=True)
 
 
-class InfrastructureBackendServicer:
+class InfrastructureBackendServicer(object):
     """InfrastructureBackend lets Mixer validate an adapter's configuration and,
     for session-based adapters, open and close sessions that carry it.
     """
@@ -102,7 +107,7 @@ def add_InfrastructureBackendServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class InfrastructureBackend:
+class InfrastructureBackend(object):
     """InfrastructureBackend lets Mixer validate an adapter's configuration and,
     for session-based adapters, open and close sessions that carry it.
     """
