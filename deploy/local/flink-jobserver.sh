@@ -54,7 +54,6 @@ MAIN_CLASS="org.apache.beam.runners.flink.FlinkJobServerDriver"
 
 JDIR="$APIM_LOCAL_DIR/flink-jobserver"
 LIBS="${JOBSERVER_LIBS:-$JDIR/libs}"
-STAMP="$LIBS.sha256"
 LOG="$JDIR/jobserver.log"
 PIDFILE="$JDIR/jobserver.pid"
 ENDPOINT="$JOBSERVER_HOST:$JOBSERVER_JOB_PORT"
@@ -83,16 +82,14 @@ ADD_OPENS=(
 
 say() { echo "flink-jobserver.sh: $*"; }
 die() { echo "flink-jobserver.sh: ERROR: $*" >&2; exit 1; }
+# shellcheck source=deploy/local/jvm-service.sh
+source "$SCRIPT_DIR/jvm-service.sh"
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 }
 
 # ---------------------------------------------------------------- helpers
-
-port_open() {  # $1 host $2 port
-    (exec 3<>"/dev/tcp/$1/$2") >/dev/null 2>&1
-}
 
 # Does $1:$2 speak HTTP/2 (gRPC)? Sends the HTTP/2 client preface and expects
 # the server's first frame to be SETTINGS (frame type 0x04, the 4th byte).
@@ -108,16 +105,7 @@ speaks_grpc() {  # $1 host $2 port
 
 # PID of our job server, if it is alive; empty otherwise.
 jobserver_pid() {
-    local pid
-    [[ -f "$PIDFILE" ]] || return 0
-    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    # Guard against a recycled pid: it must be our driver on our job port.
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null \
-            | grep -qF -- "$MAIN_CLASS --job-host $JOBSERVER_HOST --job-port $JOBSERVER_JOB_PORT "; then
-        echo "$pid"
-    fi
+    pid_from_file "$MAIN_CLASS --job-host $JOBSERVER_HOST --job-port $JOBSERVER_JOB_PORT "  # our driver, our port
 }
 
 # Ours answers: the job port accepts connections and the log says it listens.
@@ -125,39 +113,9 @@ ready() {
     port_open "$JOBSERVER_HOST" "$JOBSERVER_JOB_PORT" && grep -qF "$READY_LINE" "$LOG" 2>/dev/null
 }
 
-need_java() {
-    command -v "$JAVA" >/dev/null 2>&1 || die "java not found ($JAVA); install a JDK/JRE 17 or newer (apt-get install -y openjdk-17-jre-headless) or set JAVA"
-    local ver major
-    ver="$("$JAVA" -version 2>&1 | head -n1)"
-    major="$(sed -E 's/.*version "([0-9]+)(\.[0-9]+)*.*/\1/' <<<"$ver")"
-    if [[ "$major" == 1 ]]; then major=8; fi
-    [[ "$major" =~ ^[0-9]+$ && "$major" -ge 17 ]] \
-        || die "this script runs the job server on Java 17 or newer, '$JAVA -version' says: $ver"
-}
 
-# Copy the job server's jars from Maven Central unless libs/ already matches the pom.
 fetch_libs() {
-    local want
-    want="$(sha256sum "$POM" | cut -d' ' -f1)"
-    if [[ -d "$LIBS" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
-        && compgen -G "$LIBS/beam-runners-flink-*.jar" >/dev/null; then
-        return 0
-    fi
-    command -v "$MVN" >/dev/null 2>&1 || die "mvn not found ($MVN); install Maven (apt-get install -y maven) or set MVN"
-    say "fetching Beam Flink job server jars from Maven Central ($POM); the first time takes minutes ..."
-    local tmp="$JDIR/libs.tmp.$$" t0=$SECONDS
-    rm -rf "$tmp"
-    if ! "$MVN" -B -q -f "$POM" dependency:copy-dependencies \
-            -DoutputDirectory="$tmp" -DincludeScope=runtime >"$JDIR/mvn.log" 2>&1; then
-        tail -n 40 "$JDIR/mvn.log" >&2 || true
-        rm -rf "$tmp"
-        die "mvn could not copy the job server jars (full output: $JDIR/mvn.log)"
-    fi
-    compgen -G "$tmp/beam-runners-flink-*.jar" >/dev/null || die "mvn ran but no beam-runners-flink jar arrived in $tmp"
-    rm -rf "$LIBS"
-    mv "$tmp" "$LIBS"
-    echo "$want" >"$STAMP"
-    say "jars ready in $LIBS ($(ls "$LIBS" | wc -l) files, $(du -sm "$LIBS" | cut -f1) MB, $((SECONDS - t0)) s)"
+    fetch_jars "$POM" "$LIBS" "$JDIR" "beam-runners-flink-*.jar" "Beam Flink job server"
 }
 
 # ---------------------------------------------------------------- commands
@@ -190,7 +148,7 @@ cmd_start() {
             fi
         done
 
-        need_java
+        need_java "the Beam Flink job server"
         fetch_libs
 
         local opens=() o
@@ -199,72 +157,24 @@ cmd_start() {
         mkdir -p "$JDIR/tmp"
         [[ -f "$LOG" ]] && mv -f "$LOG" "$LOG.1"
         say "starting job server on $ENDPOINT (artifact :$JOBSERVER_ARTIFACT_PORT, expansion :$JOBSERVER_EXPANSION_PORT, flink master $FLINK_MASTER, heap $JOBSERVER_HEAP, log $LOG)"
-        (
-            cd "$JDIR"
-            exec 9>&-  # the job server must not inherit (and so keep) our lock
-            exec setsid nohup "$JAVA" -Xmx"$JOBSERVER_HEAP" \
-                "${opens[@]}" \
-                -Djava.awt.headless=true \
-                -Djava.io.tmpdir="$JDIR/tmp" \
-                -cp "$LIBS/*" "$MAIN_CLASS" \
-                --job-host "$JOBSERVER_HOST" \
-                --job-port "$JOBSERVER_JOB_PORT" \
-                --artifact-port "$JOBSERVER_ARTIFACT_PORT" \
-                --expansion-port "$JOBSERVER_EXPANSION_PORT" \
-                --flink-master "$FLINK_MASTER" </dev/null >"$LOG" 2>&1
-        ) &
-        pid=$!
-        echo "$pid" >"$PIDFILE"
+        launch_jvm "$JDIR" -Xmx"$JOBSERVER_HEAP" \
+            "${opens[@]}" \
+            -Djava.awt.headless=true \
+            -Djava.io.tmpdir="$JDIR/tmp" \
+            -cp "$LIBS/*" "$MAIN_CLASS" \
+            --job-host "$JOBSERVER_HOST" \
+            --job-port "$JOBSERVER_JOB_PORT" \
+            --artifact-port "$JOBSERVER_ARTIFACT_PORT" \
+            --expansion-port "$JOBSERVER_EXPANSION_PORT" \
+            --flink-master "$FLINK_MASTER"
+        pid=$LAUNCHED_PID
     fi
 
-    local t0=$SECONDS deadline=$((SECONDS + JOBSERVER_START_TIMEOUT))
-    while (( SECONDS < deadline )); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "---- last lines of $LOG ----" >&2
-            tail -n 40 "$LOG" >&2 || true
-            rm -f "$PIDFILE"
-            die "the job server process (pid $pid) exited during startup; see $LOG"
-        fi
-        if ready; then
-            say "job server up (pid $pid) at $ENDPOINT after $((SECONDS - t0)) s"
-            return 0
-        fi
-        sleep 0.2
-    done
-    echo "---- last lines of $LOG ----" >&2
-    tail -n 40 "$LOG" >&2 || true
-    die "the job server (pid $pid) did not listen at $ENDPOINT within ${JOBSERVER_START_TIMEOUT}s; it is left running, see $LOG (flink-jobserver.sh stop to end it)"
+    await_ready "$pid" ready "$JOBSERVER_START_TIMEOUT" "job server" "$ENDPOINT"
 }
 
 cmd_stop() {
-    mkdir -p "$JDIR"
-    exec 9>"$JDIR/.lock"
-    flock -w 600 9 || die "another flink-jobserver.sh holds $JDIR/.lock"
-
-    local pid
-    pid="$(jobserver_pid)"
-    if [[ -z "$pid" ]]; then
-        rm -f "$PIDFILE"
-        if port_open "$JOBSERVER_HOST" "$JOBSERVER_JOB_PORT"; then
-            say "not running from $JDIR, but something listens on $ENDPOINT (not ours, left alone)"
-        else
-            say "not running"
-        fi
-        return 0
-    fi
-    say "stopping job server (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + JOBSERVER_STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "still alive after ${JOBSERVER_STOP_TIMEOUT}s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    fi
-    rm -f "$PIDFILE"
-    say "stopped"
+    stop_service "$JDIR" jobserver_pid "$JOBSERVER_HOST" "$JOBSERVER_JOB_PORT" "$JOBSERVER_STOP_TIMEOUT" "job server" 600
 }
 
 cmd_status() {

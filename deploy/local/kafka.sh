@@ -50,7 +50,6 @@ WAIT_PY="$SCRIPT_DIR/wait_kafka.py"
 
 KDIR="$APIM_LOCAL_DIR/kafka"
 LIBS="${KAFKA_LIBS:-$KDIR/libs}"
-STAMP="$LIBS.sha256"
 DATA="$KDIR/data"
 PROPS="$KDIR/server.properties"
 LOG4J_CONF="$KDIR/log4j2.xml"
@@ -60,6 +59,8 @@ BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT"
 
 say() { echo "kafka.sh: $*"; }
 die() { echo "kafka.sh: ERROR: $*" >&2; exit 1; }
+# shellcheck source=deploy/local/jvm-service.sh
+source "$SCRIPT_DIR/jvm-service.sh"
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
@@ -93,56 +94,14 @@ probe() {
     return "$rc"
 }
 
-port_open() {  # $1 host $2 port
-    (exec 3<>"/dev/tcp/$1/$2") >/dev/null 2>&1
-}
-
 # PID of our broker, if it is alive; empty otherwise.
 broker_pid() {
-    local pid
-    [[ -f "$PIDFILE" ]] || return 0
-    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    # Guard against a recycled pid: it must be our kafka.Kafka on our config.
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "kafka.Kafka $PROPS"; then
-        echo "$pid"
-    fi
+    pid_from_file "kafka.Kafka $PROPS"  # our kafka.Kafka on our config
 }
 
-need_java() {
-    command -v "$JAVA" >/dev/null 2>&1 || die "java not found ($JAVA); install a JDK/JRE 17 or newer (apt-get install -y openjdk-17-jre-headless) or set JAVA"
-    local ver major
-    ver="$("$JAVA" -version 2>&1 | head -n1)"
-    major="$(sed -E 's/.*version "([0-9]+)(\.[0-9]+)*.*/\1/' <<<"$ver")"
-    if [[ "$major" == 1 ]]; then major=8; fi
-    [[ "$major" =~ ^[0-9]+$ && "$major" -ge 17 ]] \
-        || die "Kafka 4.x needs Java 17 or newer, '$JAVA -version' says: $ver"
-}
-
-# Copy the broker's jars from Maven Central unless libs/ already matches the pom.
+# The jars, fetched once per pom (deploy/local/jvm-service.sh).
 fetch_libs() {
-    local want
-    want="$(sha256sum "$POM" | cut -d' ' -f1)"
-    if [[ -d "$LIBS" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
-        && compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
-        return 0
-    fi
-    command -v "$MVN" >/dev/null 2>&1 || die "mvn not found ($MVN); install Maven (apt-get install -y maven) or set MVN"
-    say "fetching Kafka jars from Maven Central ($POM) ..."
-    local tmp="$KDIR/libs.tmp.$$" t0=$SECONDS
-    rm -rf "$tmp"
-    if ! "$MVN" -B -q -f "$POM" dependency:copy-dependencies \
-            -DoutputDirectory="$tmp" -DincludeScope=runtime >"$KDIR/mvn.log" 2>&1; then
-        tail -n 40 "$KDIR/mvn.log" >&2 || true
-        rm -rf "$tmp"
-        die "mvn could not copy the Kafka jars (full output: $KDIR/mvn.log)"
-    fi
-    compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || die "mvn ran but no kafka_2.13 jar arrived in $tmp"
-    rm -rf "$LIBS"
-    mv "$tmp" "$LIBS"
-    echo "$want" >"$STAMP"
-    say "jars ready in $LIBS ($(ls "$LIBS" | wc -l) files, $((SECONDS - t0)) s)"
+    fetch_jars "$POM" "$LIBS" "$KDIR" "kafka_2.13-*.jar" "Kafka"
 }
 
 render_config() {
@@ -224,7 +183,7 @@ cmd_start() {
             die "controller port $KAFKA_HOST:$KAFKA_CONTROLLER_PORT is already taken; free it or set KAFKA_CONTROLLER_PORT"
         fi
 
-        need_java
+        need_java "Kafka 4.x"
         resolve_python  # fail early, before starting anything, if we cannot probe
         fetch_libs
         render_config
@@ -232,67 +191,20 @@ cmd_start() {
 
         [[ -f "$LOG" ]] && mv -f "$LOG" "$LOG.1"
         say "starting broker on $BOOTSTRAP (controller :$KAFKA_CONTROLLER_PORT, heap $KAFKA_HEAP, log $LOG)"
-        (
-            cd "$KDIR"
-            exec 9>&-  # the broker must not inherit (and so keep) our lock
-            exec setsid nohup "$JAVA" -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" \
-                -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-                -Djava.awt.headless=true \
-                -Dlog4j2.configurationFile="$LOG4J_CONF" \
-                -Dkafka.logs.dir="$KDIR" \
-                -cp "$LIBS/*" kafka.Kafka "$PROPS" </dev/null >"$LOG" 2>&1
-        ) &
-        pid=$!
-        echo "$pid" >"$PIDFILE"
+        launch_jvm "$KDIR" -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" \
+            -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+            -Djava.awt.headless=true \
+            -Dlog4j2.configurationFile="$LOG4J_CONF" \
+            -Dkafka.logs.dir="$KDIR" \
+            -cp "$LIBS/*" kafka.Kafka "$PROPS"
+        pid=$LAUNCHED_PID
     fi
 
-    local t0=$SECONDS deadline=$((SECONDS + KAFKA_START_TIMEOUT))
-    while (( SECONDS < deadline )); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "---- last lines of $LOG ----" >&2
-            tail -n 40 "$LOG" >&2 || true
-            rm -f "$PIDFILE"
-            die "the broker process (pid $pid) exited during startup; see $LOG"
-        fi
-        if probe "$(( deadline - SECONDS > 5 ? 5 : (deadline - SECONDS > 1 ? deadline - SECONDS : 1) ))"; then
-            say "broker up (pid $pid) at $BOOTSTRAP after $((SECONDS - t0)) s"
-            return 0
-        fi
-    done
-    echo "---- last lines of $LOG ----" >&2
-    tail -n 40 "$LOG" >&2 || true
-    die "the broker (pid $pid) did not answer at $BOOTSTRAP within ${KAFKA_START_TIMEOUT}s; it is left running, see $LOG (kafka.sh stop to end it)"
+    await_ready "$pid" probe "$KAFKA_START_TIMEOUT" "broker" "$BOOTSTRAP"
 }
 
 cmd_stop() {
-    mkdir -p "$KDIR"
-    exec 9>"$KDIR/.lock"
-    flock -w 300 9 || die "another kafka.sh holds $KDIR/.lock"
-
-    local pid
-    pid="$(broker_pid)"
-    if [[ -z "$pid" ]]; then
-        rm -f "$PIDFILE"
-        if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
-            say "not running from $KDIR, but something listens on $BOOTSTRAP (not ours, left alone)"
-        else
-            say "not running"
-        fi
-        return 0
-    fi
-    say "stopping broker (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "still alive after ${KAFKA_STOP_TIMEOUT}s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    fi
-    rm -f "$PIDFILE"
-    say "stopped"
+    stop_service "$KDIR" broker_pid "$KAFKA_HOST" "$KAFKA_PORT" "$KAFKA_STOP_TIMEOUT" "broker" 300
 }
 
 cmd_status() {
