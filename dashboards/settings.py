@@ -6,15 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.settings import SettingsError, parse_host_port, setting
-from store.settings import DEFAULT_STORE_URL, STORE_URL_ENV, STORE_URL_KEY
+from store.settings import store_setting
 
 GRANULARITY_CHOICES = ("auto", "minute", "hour", "day", "month")
 
 
 @dataclass(frozen=True)
 class DashboardSettings:
-    store: str = setting(DEFAULT_STORE_URL, env=STORE_URL_ENV, secret=True, key=STORE_URL_KEY,
-                         help="SQLAlchemy URL of the analytics store (opened read-only)")
+    store: str = store_setting("SQLAlchemy URL of the analytics store (opened read-only)")
     listen: str = setting("127.0.0.1:9104", env="APIM_DASHBOARD_LISTEN",
                           help="serve: HOST:PORT of the page, /data.json, /healthz and /metrics")
     granularity: str = setting("auto", env="APIM_DASHBOARD_GRANULARITY",

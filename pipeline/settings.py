@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.settings import SettingsError, parse_host_port, setting
-from store.settings import DEFAULT_STORE_URL, STORE_URL_ENV, STORE_URL_KEY
+from store.settings import store_setting
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,7 @@ class PipelineSettings:
     kafka: str = setting("127.0.0.1:9092", env="APIM_KAFKA_BOOTSTRAP",
                          help="Kafka bootstrap servers (comma-separated HOST:PORT)")
     topic: str = setting("apim.usage.v1", env="APIM_TOPIC", help="Kafka topic of usage events")
-    store: str = setting(DEFAULT_STORE_URL, env=STORE_URL_ENV, secret=True, key=STORE_URL_KEY,
-                         help="SQLAlchemy URL of the analytics store (may hold a password: kept out of logs)")
+    store: str = store_setting("SQLAlchemy URL of the analytics store (may hold a password: kept out of logs)")
     follow: bool = setting(False, env="APIM_PIPELINE_FOLLOW",
                            help="keep running: a new bounded run every --interval seconds (default: --once)")
     interval_s: float = setting(2.0, env="APIM_PIPELINE_INTERVAL_S", flag="--interval",

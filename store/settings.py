@@ -7,6 +7,7 @@ stays cheap.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from core.settings import SettingsError, setting
 
@@ -15,14 +16,18 @@ STORE_URL_ENV = "APIM_STORE_URL"
 STORE_URL_KEY = "store.url"
 
 
+def store_setting(help: str) -> Any:
+    """The store URL as a field of a component's settings: one flag, env var, config key and default for all."""
+    return setting(DEFAULT_STORE_URL, env=STORE_URL_ENV, secret=True, key=STORE_URL_KEY, help=help)
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """The analytics store's URL (config-file key ``store.url``; the field is named for its flag, ``--store``,
     so it never collides with a subcommand's own ``--url``)."""
 
-    store: str = setting(DEFAULT_STORE_URL, env=STORE_URL_ENV, secret=True, key=STORE_URL_KEY,
-                       help="SQLAlchemy URL of the analytics store (sqlite:///FILE or "
-                            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB; kept out of logs)")
+    store: str = store_setting("SQLAlchemy URL of the analytics store (sqlite:///FILE or "
+                               "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB; kept out of logs)")
 
 
 @dataclass(frozen=True)
