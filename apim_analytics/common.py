@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from core.errors import InputError
 from core.settings import add_flags, resolve
@@ -31,13 +33,19 @@ def store_url(args: argparse.Namespace) -> str:
     return resolve(StoreSettings, args=args, section="store").store
 
 
+@contextmanager
+def writing_out(out: str) -> Iterator[None]:
+    """Writing ``--out``: a file that cannot be written is the caller's input error, named in one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"--out {out}: {exc.strerror or exc}", hint="choose a writable file") from exc
+
+
 def write_output(text: str, out: str | None) -> None:
     """Write to ``out``, or to stdout when it is None."""
     if not out:
         sys.stdout.write(text)
         return
-    try:
-        with open(out, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-    except OSError as exc:
-        raise InputError(f"--out {out}: {exc.strerror or exc}", hint="choose a writable file") from exc
+    with writing_out(out), open(out, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)

@@ -15,7 +15,7 @@ import signal
 import threading
 from pathlib import Path
 
-from apim_analytics.common import add_config_flag
+from apim_analytics.common import add_config_flag, writing_out
 from core.settings import SettingsError, add_flags, resolve, utc_timestamp
 from dashboards.settings import DashboardSettings
 
@@ -58,10 +58,8 @@ def run_build(args: argparse.Namespace) -> int:
     finally:
         dashboard.engine.dispose()
     out = Path(args.out)
-    try:
+    with writing_out(args.out):
         out.write_text(render_page(doc), encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"--out {out}: {exc.strerror or exc}") from exc
     if doc["buckets"]:
         print(f"dashboard: wrote {out} ({len(doc['buckets'])} {doc['granularity']} buckets from {doc['from']} "
               f"to {doc['to']}, {len(doc['apis'])} APIs, {sum(r[2] for r in doc['traffic'])} requests)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from apim_analytics.common import add_store_flags, store_url, write_output
+from apim_analytics.common import add_store_flags, store_url, write_output, writing_out
 from core.settings import SettingsError, utc_timestamp
 from query.names import GRANULARITIES, GROUP_BY
 
@@ -51,10 +51,8 @@ def run(args: argparse.Namespace) -> int:
     df = usage(url, group_by=group_by, start=start, end=end, granularity=args.granularity, apis=args.apis,
                applications=args.applications, top=args.top)
     if args.format == "parquet":
-        try:
+        with writing_out(args.out):
             df.to_parquet(args.out, index=False)
-        except OSError as exc:
-            raise SettingsError(f"--out {args.out}: {exc.strerror or exc}") from exc
         return 0
     if args.format == "csv":
         text = df.to_csv(index=False)

@@ -33,8 +33,6 @@ from core.record_format import USAGE_RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
-USAGE_SCHEMA = USAGE_RECORD_SCHEMA
-
 
 @dataclass(frozen=True)
 class Record:
@@ -44,7 +42,7 @@ class Record:
     partition: int | None
     key: bytes
     value: bytes
-    schema: bytes = USAGE_SCHEMA
+    schema: bytes = USAGE_RECORD_SCHEMA
 
 
 @dataclass(frozen=True)

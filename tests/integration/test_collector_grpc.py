@@ -44,8 +44,7 @@ from collector.adapter_config import PARAMS_TYPE_URL
 from collector.credentials import credential_hash
 from collector.mapping import short_name
 from collector.settings import CollectorSettings
-from core.record_format import DEAD_LETTER_SCHEMA
-from core.record_format import USAGE_RECORD_SCHEMA as USAGE_SCHEMA
+from core.record_format import DEAD_LETTER_SCHEMA, USAGE_RECORD_SCHEMA
 from schemas.apim.collector.v1 import adapter_config_pb2
 from schemas.apim.usage.v1 import dead_letter_pb2
 from schemas.apim.usage.v1 import usage_event_columns_pb2 as cols_pb
@@ -796,7 +795,7 @@ def test_bad_instances_become_dead_letters_and_no_credential_reaches_kafka(tmp_p
     assert usage_records
     for r in usage_records:
         assert r.key == cid.encode()
-        assert dict(r.headers) == {"schema": USAGE_SCHEMA, "source": b"mixer-metric-adapter"}
+        assert dict(r.headers) == {"schema": USAGE_RECORD_SCHEMA, "source": b"mixer-metric-adapter"}
     events = usage_events(usage_records)
     assert [e.event_id for e in events] == [f"{cid}/{i}" for i in good]
     assert [e.response_code for e in events] == [200, 503, 200]

@@ -134,7 +134,7 @@ def test_a_call_delivered_twice_counts_once_even_across_runs(kafka_bootstrap: st
     """The same call id twice (a timed-out send that arrived plus its spooled copy),
     repeated event ids, and a poison record: each event is counted exactly once."""
     from collector.columns import build_columns
-    from collector.publisher import USAGE_SCHEMA
+    from core.record_format import USAGE_RECORD_SCHEMA
 
     def events(codes: list[int]) -> list[dict]:
         return [{"call_index": i, "request_timestamp_ms": START_MS + i * 1000, "api_name": "PizzaAPI",
@@ -144,7 +144,7 @@ def test_a_call_delivered_twice_counts_once_even_across_runs(kafka_bootstrap: st
 
     call_a = build_columns(events([200] * 10), call_id="call-a", producer_id="p").SerializeToString()
     call_b = build_columns(events([404] * 4), call_id="call-b", producer_id="p").SerializeToString()
-    headers = [("schema", USAGE_SCHEMA)]
+    headers = [("schema", USAGE_RECORD_SCHEMA)]
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     for key, payload, hdrs in ((b"call-a", call_a, headers), (b"call-a", call_a, headers),
                                (b"x", b"\xff\xffnot a protobuf", headers),
