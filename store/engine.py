@@ -109,12 +109,14 @@ def _translate_errors(engine: Engine, shown: str) -> None:
     def handle(context: ExceptionContext) -> Any:
         if context.is_pre_ping:  # SQLAlchemy recycles the connection itself
             return None
-        operational = context.dialect.loaded_dbapi.OperationalError
-        if not (context.is_disconnect or isinstance(context.original_exception, operational)
-                or about_the_store(context.original_exception)):
+        orig = context.original_exception
+        operational = isinstance(orig, context.dialect.loaded_dbapi.OperationalError)
+        if not (context.is_disconnect or operational or about_the_store(orig)):
             return None  # the statement's fault (syntax, a bad bind value): a defect, left as it is
-        return translate(context.original_exception, where=f"store {shown!r}",
-                         connecting=context.connection is None)
+        # psycopg reports a connection lost mid-transaction (a server restart) as an OperationalError
+        # without SQLSTATE, which SQLAlchemy does not always flag as a disconnect: retriable too
+        lost = operational and not getattr(orig, "sqlstate", None) and not getattr(orig, "sqlite_errorname", None)
+        return translate(orig, where=f"store {shown!r}", connecting=context.connection is None or bool(lost))
 
     event.listen(engine, "handle_error", handle)
 
