@@ -23,13 +23,13 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from sqlalchemy import Engine
 
@@ -38,18 +38,19 @@ from core.kafka_errors import translate_kafka
 from pipeline import metrics
 from pipeline.aggregate import Partial, empty_partial, finish, merge
 from pipeline.commit import RunCounts, admitted_resources, commit_run, stored_offsets
+from pipeline.dead_letters import WriteDeadLetters
+from pipeline.elements import ChunkSummary, DeadLettersWritten
 from pipeline.group_offsets import mirror_store_offsets
 from pipeline.kafka_source import (
     BOOTSTRAP_TIMEOUT_MS,
-    DeadRecord,
     OffsetRange,
-    ReadResult,
-    ReadUsageEvents,
+    ReadRanges,
     pool_readers,
     share_budget,
     waiting_ranges,
 )
 from pipeline.settings import PipelineSettings
+from pipeline.transforms import DEAD_LETTERS, DecodeAndPreAggregate
 from store.engine import create_schema, make_engine
 from store.retention import RetentionSettings, purge
 
@@ -73,103 +74,57 @@ class RunResult:
     seconds: float
 
 
-class MergeReadResults(beam.CombineFn):
-    """ReadResults -> one ReadResult for the run. Partials wait in a list and are merged eight at a
+@dataclass
+class RunTotals:
+    """A bounded run's summaries added up: the single element its commit writes."""
+
+    partial: Partial | None = None
+    new_calls: list[tuple[str, int, str, int]] = field(default_factory=list)
+    records: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+
+class MergeSummaries(beam.CombineFn):
+    """ChunkSummaries -> one RunTotals for the run. Partials wait in a list and are merged eight at a
     time, so memory holds a few partials (small frames), and no partial is regrouped over and over."""
 
     COMPACT_AT = 8
 
-    def create_accumulator(self) -> tuple[list[Partial], ReadResult]:
-        return [], ReadResult()
+    def create_accumulator(self) -> tuple[list[Partial], RunTotals]:
+        return [], RunTotals()
 
-    def add_input(self, acc: tuple[list[Partial], ReadResult], item: ReadResult) -> tuple[list[Partial], ReadResult]:
+    def add_input(self, acc: tuple[list[Partial], RunTotals], item: ChunkSummary | RunTotals
+                  ) -> tuple[list[Partial], RunTotals]:
         partials, totals = acc
-        if item.partial is not None:
+        if item.partial is not None and item.partial.events:
             partials.append(item.partial)
             if len(partials) >= self.COMPACT_AT:
                 partials[:] = [merge(partials)]
         totals.new_calls.extend(item.new_calls)
-        totals.dead.extend(item.dead)
         totals.records += item.records
         totals.duplicates += item.duplicates
+        totals.dead_letters += item.dead_letters
         return acc
 
-    def merge_accumulators(self, accs: Iterable[tuple[list[Partial], ReadResult]]
-                           ) -> tuple[list[Partial], ReadResult]:
-        out: tuple[list[Partial], ReadResult] = ([], ReadResult())
+    def merge_accumulators(self, accs: Iterable[tuple[list[Partial], RunTotals]]
+                           ) -> tuple[list[Partial], RunTotals]:
+        out: tuple[list[Partial], RunTotals] = ([], RunTotals())
         for partials, totals in accs:
             for p in partials:
-                self.add_input(out, ReadResult(partial=p))
+                self.add_input(out, RunTotals(partial=p))
             self.add_input(out, totals)
         return out
 
-    def extract_output(self, acc: tuple[list[Partial], ReadResult]) -> ReadResult:
+    def extract_output(self, acc: tuple[list[Partial], RunTotals]) -> RunTotals:
         partials, totals = acc
         totals.partial = merge(partials) if partials else empty_partial()
         return totals
 
 
-class DeadLetters:
-    """Copies poison records to the dead-letter topic with their reason.
-
-    At least once: a run that crashes after this step and is replayed copies
-    its dead records again, under the same key (topic/partition/offset), so a
-    consumer of the dead-letter topic can tell the copies apart.
-    """
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self._producer: KafkaProducer | None = None
-
-    def publish(self, dead: Sequence[DeadRecord]) -> None:
-        """Copy ``dead`` to the topic and wait for Kafka's acknowledgement of every copy.
-
-        Raises:
-            core.kafka_errors.KafkaUnavailable: Kafka away or slow (retriable: the run is planned
-                again, and its dead records copied again).
-            core.kafka_errors.KafkaRefused: Kafka refuses the topic or a copy.
-        """
-        if not dead or not self.topic:
-            return
-        try:
-            self._publish(dead)
-        except (KafkaError, OSError) as exc:
-            raise translate_kafka(exc, bootstrap=self.bootstrap, topic=self.topic,
-                                  doing="copying dead letters to") from exc
-
-    def _publish(self, dead: Sequence[DeadRecord]) -> None:
-        from core.record_format import DEAD_LETTER_SCHEMA
-        from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
-
-        if self._producer is None:  # most runs have no dead records and need no producer
-            from core.topics import ensure_topic
-
-            ensure_topic(self.bootstrap, self.topic, partitions=1)
-            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                           client_id="apim-pipeline-dead-letters", max_request_size=16 << 20,
-                                           bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
-        now_ms = int(time.time() * 1000)
-        sent = []
-        for d in dead:
-            letter = DeadLetter(reason=d.reason, reason_code=d.code, stage="pipeline", rejected_timestamp_ms=now_ms,
-                                topic=d.topic, partition=d.partition, offset=d.offset, record_value=d.value or b"")
-            sent.append(self._producer.send(self.topic, value=letter.SerializeToString(),
-                                            key=f"{d.topic}/{d.partition}/{d.offset}".encode(),
-                                            headers=[("schema", DEAD_LETTER_SCHEMA)]))
-        self._producer.flush(timeout=30)
-        for future in sent:  # flush() does not raise for a copy Kafka refused; its future holds the error
-            if future.failed():
-                raise future.exception
-
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=5)
-            self._producer = None
-
-
 class CommitRun(beam.DoFn):
-    """The run's single ReadResult -> dead letters published -> finish -> one store transaction."""
+    """The run's RunTotals -> finish -> one store transaction, once the dead letters are written
+    (the ``dead_letters_written`` side input: Beam runs this step only after that step is done)."""
 
     def __init__(self, settings: PipelineSettings, plan: list[OffsetRange],
                  admitted: dict[tuple[str, str], frozenset[str]]) -> None:
@@ -177,25 +132,22 @@ class CommitRun(beam.DoFn):
         self.plan = plan
         self.admitted = admitted
         self._engine: Engine | None = None
-        self._dead_letters: DeadLetters | None = None
 
     def setup(self) -> None:
         self._engine = make_engine(self.settings.store)
-        self._dead_letters = DeadLetters(self.settings.kafka, self.settings.dead_letter_topic)
 
     def teardown(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
-        if self._dead_letters is not None:
-            self._dead_letters.close()
 
-    def process(self, result: ReadResult) -> Iterable[dict]:
-        assert self._dead_letters is not None and self._engine is not None  # setup() ran
-        self._dead_letters.publish(sorted(result.dead))
+    def process(self, result: RunTotals, dead_letters_written: list[DeadLettersWritten]) -> Iterable[dict]:
+        assert self._engine is not None  # setup() ran
+        written_count = sum(w.count for w in dead_letters_written)
+        assert written_count == result.dead_letters, "every dead record is copied before the commit"
         facts = finish(result.partial or empty_partial(), self.admitted, self.settings.max_resources_per_api)
         written = commit_run(self._engine, self.plan, facts, result.new_calls,
                              RunCounts(records=result.records, duplicates=result.duplicates,
-                                       dead_letters=len(result.dead)),
+                                       dead_letters=result.dead_letters),
                              dedup_horizon_s=self.settings.dedup_horizon_s,
                              near_limit_ratio=self.settings.near_limit_ratio)
         # committed: now the advisory copy of the store's offsets for Kafka lag tools (never raises)
@@ -206,16 +158,23 @@ class CommitRun(beam.DoFn):
 def build_pipeline(p: beam.Pipeline, settings: PipelineSettings, plan: list[OffsetRange],
                    admitted: dict[tuple[str, str], frozenset[str]]) -> beam.PCollection:
     """The run's graph; every step is labelled (labels are what runners match on update)."""
-    return (
+    batches = (
         p
         | "PlanRanges" >> beam.Create(plan)
         | "SpreadRanges" >> beam.Reshuffle()
-        | "ReadUsageEvents" >> beam.ParDo(ReadUsageEvents(settings.kafka, settings.store, settings.dedup_horizon_s,
-                                                          settings.chunk_events, kafka_client=settings.kafka_client))
-        # without_defaults: every range emits a ReadResult, so the input is never empty, and the default
+        | "ReadRanges" >> beam.ParDo(ReadRanges(settings.kafka, settings.store, settings.dedup_horizon_s,
+                                                kafka_client=settings.kafka_client))
+    )
+    decoded = batches | "DecodeAndPreAggregate" >> DecodeAndPreAggregate(settings.chunk_events)
+    written = decoded[DEAD_LETTERS] | "WriteDeadLetters" >> beam.ParDo(
+        WriteDeadLetters(settings.kafka, settings.dead_letter_topic))
+    return (
+        decoded["summaries"]
+        # without_defaults: every range emits a summary, so the input is never empty, and the default
         # value's side input would make the runner deep-size the whole merged result for its state cache
-        | "MergeReadResults" >> beam.CombineGlobally(MergeReadResults()).without_defaults()
-        | "CommitRun" >> beam.ParDo(CommitRun(settings, plan, admitted))
+        | "MergeSummaries" >> beam.CombineGlobally(MergeSummaries()).without_defaults()
+        | "CommitRun" >> beam.ParDo(CommitRun(settings, plan, admitted),
+                                    dead_letters_written=beam.pvalue.AsList(written))
     )
 
 

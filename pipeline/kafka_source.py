@@ -19,21 +19,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import apache_beam as beam
-import numpy as np
-from apache_beam.metrics import Metrics
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from core.kafka_errors import KAFKA_HINT, KafkaUnavailable, kafka_place, translate_kafka
-from core.record_format import USAGE_RECORD_SCHEMA
-from pipeline.aggregate import Partial, aggregate_chunk
-from pipeline.builders import new_builder
-from pipeline.decode import Chunk
-from pipeline.errors import DeadLetterCode, PoisonRecord
+from pipeline.elements import RecordBatch, SourceRecord
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -92,26 +86,6 @@ def share_budget(topic: str, waiting: Mapping[int, tuple[int, int]], max_records
             plan.append(OffsetRange(topic, partition, start, start + take))
             budget -= take
     return sorted(plan)
-
-
-class DeadRecord(NamedTuple):
-    """A record that cannot be counted, with where it was and why (``code``: a
-    :class:`~pipeline.errors.DeadLetterCode`, set where the poison was found)."""
-
-    topic: str
-    partition: int
-    offset: int
-    reason: str
-    key: bytes | None
-    value: bytes | None
-    code: str = DeadLetterCode.UNDECODABLE_RECORD
-
-
-class SourceRecord(NamedTuple):
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None
 
 
 def _starved(bootstrap: str, rng: OffsetRange, position: int, polls: int) -> KafkaUnavailable:
@@ -272,77 +246,25 @@ def give_back_reader(client: str, bootstrap: str, poll_timeout_ms: int, max_idle
     reader.close()
 
 
-@dataclass
-class ReadResult:
-    """What reading found: pre-aggregated events, the calls counted, dead records and counts.
-
-    The reader emits one per chunk and one at the end of each range; the run
-    adds them all up (:meth:`combine`) into the single element its commit
-    writes. One element type keeps the Beam graph to five steps, which
-    matters: the local runner's cost per step and bundle is paid every run.
-    """
-
-    partial: Partial | None = None
-    new_calls: list[tuple[str, int, str, int]] = field(default_factory=list)
-    dead: list[DeadRecord] = field(default_factory=list)
-    records: int = 0
-    duplicates: int = 0
-
-
-def check_schema(headers: list[tuple[str, bytes]] | None) -> None:
-    """Records name their format in the ``schema`` header; a record without one is tried as the current format."""
-    for name, value in headers or ():
-        if name == "schema" and value != USAGE_RECORD_SCHEMA:
-            raise PoisonRecord(f"unknown schema {value[:80]!r}; expected {USAGE_RECORD_SCHEMA.decode()}",
-                               code=DeadLetterCode.UNKNOWN_SCHEMA)
-
-
-def keep_first_event_ids(chunk: Chunk, seen: set[str]) -> np.ndarray | None:
-    """For producers that set event ids: drop events whose id was already counted in this range.
-
-    The collector leaves ``event_id`` empty (an event's id is its call id plus
-    its index, and calls are deduplicated whole), so this is the slow path.
-    """
-    codes, values = chunk.strings["event_id"]
-    present = np.flatnonzero(codes)
-    if not len(present):
-        return None
-    keep = np.ones(chunk.n, bool)
-    for i in present:
-        eid = values[codes[i]]
-        if eid in seen:
-            keep[i] = False
-        else:
-            seen.add(eid)
-    return keep
-
-
-class ReadUsageEvents(beam.DoFn):
-    """OffsetRange -> ReadResults: a pre-aggregated Partial per chunk, then the range's calls and dead records.
+class ReadRanges(beam.DoFn):
+    """OffsetRange -> RecordBatches covering it exactly, one per fetch, in offset order.
 
     A producer call delivered twice (a timed-out send that arrived after all,
     plus its spooled copy; a collector replaying its spool after a crash) has
     the same call id, which is the record key, on the same partition. The
-    reader drops a call id already counted in this range or in an earlier run
-    within the dedup horizon (the store's ``seen_batches``), and drops repeated
-    event ids inside a range for producers that set them. Poison records are
-    returned for the dead-letter topic; their offsets still advance with the range.
+    reader marks a record ``counted`` when its key was counted in this range
+    or, within the dedup horizon, by an earlier commit (the store's
+    ``seen_batches``); the decoder then counts its events as duplicates.
     """
 
     def __init__(self, bootstrap: str, store_url: str = "", dedup_horizon_s: float = 3600.0,
-                 chunk_events: int = 200_000, poll_timeout_ms: int = 1000, max_idle_polls: int = 30,
-                 kafka_client: str = "kafka-python") -> None:
+                 poll_timeout_ms: int = 1000, max_idle_polls: int = 30, kafka_client: str = "kafka-python") -> None:
         self.bootstrap = bootstrap
         self.kafka_client = kafka_client
         self.store_url = store_url
         self.dedup_horizon_s = dedup_horizon_s
-        self.chunk_events = chunk_events
         self.poll_timeout_ms = poll_timeout_ms
         self.max_idle_polls = max_idle_polls
-        self.records = Metrics.counter(self.__class__, "records_read")
-        self.events = Metrics.counter(self.__class__, "events_decoded")
-        self.duplicates = Metrics.counter(self.__class__, "duplicate_events")
-        self.poison = Metrics.counter(self.__class__, "undecodable_records")
         self._reader: KafkaPythonRanges | ConfluentRanges | None = None
         self._engine: Engine | None = None
 
@@ -361,68 +283,43 @@ class ReadUsageEvents(beam.DoFn):
         if self._engine is not None:
             self._engine.dispose()
 
-    def _seen_calls(self, rng: OffsetRange) -> set[str]:
-        if self._engine is None:
-            return set()
-        import datetime as dt
-
-        from sqlalchemy import select
-
-        from store.tables import seen_batches
-
-        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=self.dedup_horizon_s)
-        t = seen_batches.c
-        with self._engine.connect() as conn:
-            return {row[0] for row in conn.execute(
-                select(t.call_id).where(t.topic == rng.topic, t.partition == rng.partition,
-                                        t.committed_at >= since))}
-
-    def _flush(self, builder, seen_events: set[str]) -> tuple[Partial, int]:
-        chunk = builder.take()
-        keep = keep_first_event_ids(chunk, seen_events)
-        dropped = int(chunk.n - keep.sum()) if keep is not None else 0
-        partial = aggregate_chunk(chunk, keep)
-        self.events.inc(partial.events)
-        return partial, dropped
-
-    def process(self, rng: OffsetRange) -> Iterator[ReadResult]:
+    def process(self, rng: OffsetRange) -> Iterator[RecordBatch]:
         assert self._reader is not None, "setup() not called"
-        seen_calls = self._seen_calls(rng)
-        seen_events: set[str] = set()
-        new_calls: list[tuple[str, int, str, int]] = []
-        dead: list[DeadRecord] = []
-        builder = new_builder()
-        records_read = duplicates = 0
+        seen = counted_calls(self._engine, rng.topic, rng.partition, self.dedup_horizon_s) if self._engine else set()
+        position = rng.start
         for records in self._reader.read(rng):
-            for record in records:
-                records_read += 1
-                try:
-                    check_schema(record.headers)
-                    count, call_id = builder.add(record.value)
-                except PoisonRecord as exc:
-                    self.poison.inc()
-                    log.warning("record sent to the dead-letter topic",
-                                extra={"topic": rng.topic, "partition": rng.partition, "offset": record.offset,
-                                       "reason": str(exc)[:200]})
-                    dead.append(DeadRecord(rng.topic, rng.partition, record.offset, str(exc)[:500], record.key,
-                                           record.value, exc.code))
-                    continue
-                call_id = call_id or (record.key or b"").decode("utf-8", "replace")
-                if call_id and call_id in seen_calls:
-                    duplicates += count
-                    continue
-                builder.accept()
-                if call_id:
-                    seen_calls.add(call_id)
-                    new_calls.append((rng.topic, rng.partition, call_id, record.offset))
-                if builder.n >= self.chunk_events:
-                    partial, dropped = self._flush(builder, seen_events)
-                    duplicates += dropped
-                    yield ReadResult(partial=partial)
-        if builder.n:
-            partial, dropped = self._flush(builder, seen_events)
-            duplicates += dropped
-            yield ReadResult(partial=partial)
-        self.records.inc(records_read)
-        self.duplicates.inc(duplicates)
-        yield ReadResult(new_calls=new_calls, dead=dead, records=records_read, duplicates=duplicates)
+            end = records[-1].offset + 1
+            yield RecordBatch(rng.topic, rng.partition, position, end, records, mark_counted(records, seen),
+                              read_at=time.time())
+            position = end
+        if position < rng.end:  # the range ends in offsets that hold no record (transaction markers, compaction)
+            yield RecordBatch(rng.topic, rng.partition, position, rng.end, read_at=time.time())
+
+
+def counted_calls(engine: Engine, topic: str, partition: int, horizon_s: float) -> set[str]:
+    """Call ids the store counted on this partition within the dedup horizon."""
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from store.tables import seen_batches
+
+    since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=horizon_s)
+    t = seen_batches.c
+    with engine.connect() as conn:
+        return {row[0] for row in conn.execute(
+            select(t.call_id).where(t.topic == topic, t.partition == partition, t.committed_at >= since))}
+
+
+def mark_counted(records: list, seen: set[str]) -> frozenset[int]:
+    """Offsets of ``records`` whose key (the producer's call id) is in ``seen``; the others' keys join it."""
+    counted = []
+    for r in records:
+        if not r.key:
+            continue
+        call = r.key.decode("utf-8", "replace")
+        if call in seen:
+            counted.append(r.offset)
+        else:
+            seen.add(call)
+    return frozenset(counted)

@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import func, select, text
 
 import pipeline.job as job
-import pipeline.kafka_source as source
+import pipeline.transforms as source
 from bench.feed import Feed, simulated_calls
 from collector.columns import build_columns
 from core.record_format import USAGE_RECORD_SCHEMA

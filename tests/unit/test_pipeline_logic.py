@@ -11,8 +11,8 @@ from kafka import TopicPartition
 from collector.columns import build_columns
 from pipeline.aggregate import aggregate_chunk
 from pipeline.decode import Chunk, ChunkBuilder
-from pipeline.job import MergeReadResults
-from pipeline.kafka_source import OffsetRange, ReadResult
+from pipeline.job import MergeSummaries, RunTotals
+from pipeline.kafka_source import OffsetRange
 from tests.support.planning import plan_ranges
 
 
@@ -91,8 +91,8 @@ def test_beam_combine_merges_partials_like_merge() -> None:
     a = aggregate_chunk(_chunk([_event(60_000, "A", "x", "Gold", 200)] * 3))
     b = aggregate_chunk(_chunk([_event(60_500, "A", "x", "Gold", 201), _event(0, "A", "x", "Gold", 500)]))
     with TestPipeline(runner=FnApiRunner()) as p:
-        out = (p | beam.Create([a, b]) | "Wrap" >> beam.Map(lambda part: ReadResult(partial=part))
-               | beam.CombineGlobally(MergeReadResults()) | "Cells" >> beam.Map(lambda r: _cells(r.partial)))
+        out = (p | beam.Create([a, b]) | "Wrap" >> beam.Map(lambda part: RunTotals(partial=part))
+               | beam.CombineGlobally(MergeSummaries()) | "Cells" >> beam.Map(lambda r: _cells(r.partial)))
         assert_that(out, equal_to([{
             (60_000, "A", "x", "Gold"): (4, 4, 0, 0, 0, 40, 400),
             (0, "A", "x", "Gold"): (1, 0, 0, 0, 1, 10, 100),
