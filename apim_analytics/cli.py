@@ -50,10 +50,17 @@ def _collector_serve(args: argparse.Namespace) -> int:
 
 
 def _pipeline_run(args: argparse.Namespace) -> int:
+    overrides = {"follow": False, "streaming": False} if args.once else {}
+    settings = resolve(PipelineSettings, args=args, section="pipeline", overrides=overrides)
+    if settings.streaming:
+        from pipeline.stream_job import run_streaming
+
+        streamed = run_streaming(settings, args.beam_args)
+        print(f"pipeline: streaming job {streamed.job_name} stopped after {streamed.submissions} submission(s); "
+              f"store offsets {dict(sorted(streamed.offsets.items()))}")
+        return 0
     from pipeline.job import run
 
-    overrides = {"follow": False} if args.once else {}
-    settings = resolve(PipelineSettings, args=args, section="pipeline", overrides=overrides)
     retention = resolve(RetentionSettings, args=args, section="retention")
     results = run(settings, args.beam_args, retention=retention)
     events = sum(r.events for r in results)

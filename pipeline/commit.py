@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,13 +73,15 @@ def stored_offsets(engine: Engine, topic: str) -> dict[int, int]:
         return {int(p): int(o) for p, o in rows}
 
 
-def admitted_resources(engine: Engine) -> dict[tuple[str, str], frozenset[str]]:
+def admitted_resources(engine: Engine | Connection) -> dict[tuple[str, str], frozenset[str]]:
     """The cardinality guard's state: resources admitted per (api, version)."""
+    if isinstance(engine, Engine):
+        with engine.connect() as conn:
+            return admitted_resources(conn)
     c = t.api_resources.c
     out: dict[tuple[str, str], set[str]] = {}
-    with engine.connect() as conn:
-        for api, version, resource in conn.execute(select(c.api_name, c.api_version, c.resource_template)):
-            out.setdefault((api, version), set()).add(resource)
+    for api, version, resource in engine.execute(select(c.api_name, c.api_version, c.resource_template)):
+        out.setdefault((api, version), set()).add(resource)
     return {k: frozenset(v) for k, v in out.items()}
 
 
@@ -177,6 +179,59 @@ def commit_run(engine: Engine, plan: Sequence[OffsetRange], facts: RunFacts,
             "dead_letters": counts.dead_letters, "folded_requests": facts.folded_requests, "fact_rows": written,
         }], key=("run_id",))
     return written
+
+
+class ChunkOutcome:
+    """What :func:`commit_chunk` did with a partition's chunk."""
+
+    COMMITTED = "committed"
+    ALREADY_COMMITTED = "already_committed"  # a replay: the store's offset is at or past its end
+    EARLY = "early"  # it starts past the store's offset: an earlier chunk has not been committed yet
+
+
+def commit_chunk(engine: Engine, topic: str, partition: int, start: int, end: int,
+                 facts_of: Callable[[dict[tuple[str, str], frozenset[str]]], RunFacts],
+                 new_calls: Iterable[tuple[str, int, str, int]] = (), counts: RunCounts = RunCounts(), *,
+                 dedup_horizon_s: float = 3600.0, near_limit_ratio: float = 0.8) -> str:
+    """The streaming job's commit: ``[start, end)`` of one partition, in one transaction, in offset order.
+
+    The same protocol as :func:`commit_run` for one partition, with the guard
+    deciding inside the transaction (so a ``--once`` run taking its turn cannot
+    slip in between): a chunk that starts at the stored offset is written; one
+    that ends at or before it is a replay and changes nothing; one that starts
+    after it waits (:data:`ChunkOutcome.EARLY`). One that straddles the stored
+    offset cannot be split, since its events are aggregated: ConcurrentRunError
+    (retriable: the job's reader restarts from the store's offset).
+
+    ``facts_of`` finishes the chunk against the cardinality guard's state as read
+    inside the transaction.
+    """
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    so = t.source_offsets
+    with engine.begin() as conn:
+        stmt = select(so.c.next_offset).where(so.c.topic == topic, so.c.partition == partition)
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        stored = conn.execute(stmt).scalar()
+        if stored is not None and stored != start:
+            if stored >= end:
+                return ChunkOutcome.ALREADY_COMMITTED
+            if stored < start:
+                return ChunkOutcome.EARLY
+            raise ConcurrentRunError(f"{topic}[{partition}] is at offset {stored} in the store, inside the chunk "
+                                     f"[{start}, {end}) read by the streaming job")
+        facts = facts_of(admitted_resources(conn))
+        written = write_facts(conn, facts, now=now, near_limit_ratio=near_limit_ratio)
+        _remember_calls(conn, new_calls, now, dedup_horizon_s)
+        replace_upsert(conn, so, [{"topic": topic, "partition": partition, "next_offset": end, "updated_at": now}],
+                       key=("topic", "partition"))
+        plan = [OffsetRange(topic, partition, start, end)]
+        replace_upsert(conn, t.pipeline_runs, [{
+            "run_id": run_id(plan), "topic": topic, "committed_at": now, "records": counts.records,
+            "events": facts.events, "duplicates": counts.duplicates, "dead_letters": counts.dead_letters,
+            "folded_requests": facts.folded_requests, "fact_rows": written,
+        }], key=("run_id",))
+    return ChunkOutcome.COMMITTED
 
 
 def _remember_calls(conn: Connection, new_calls: Iterable[tuple[str, int, str, int]], now: dt.datetime,

@@ -28,6 +28,14 @@ LAST_SUCCESS = Gauge("apim_pipeline_last_success_timestamp_seconds", "when the l
 BACKLOG = Gauge("apim_pipeline_backlog_records", "records between the store's offsets and the high-water marks "
                                                  "when the last run was planned")
 
+# streaming (pipeline run --streaming)
+CONSUMER_LAG = Gauge("apim_pipeline_consumer_lag_records", "records of a partition past the store's committed "
+                                                          "offset (Kafka's high-water mark minus the store's)",
+                     ["partition"])
+NEWEST_EVENT_AGE = Gauge("apim_pipeline_newest_committed_event_age_seconds",
+                         "now minus the newest event time committed to the store")
+STREAMING_UP = Gauge("apim_pipeline_streaming_job_running", "1 while the streaming job runs on Flink")
+
 
 class Health:
     """Healthy unless work has been waiting and no run has committed for ``unhealthy_after_s``."""

@@ -54,6 +54,33 @@ class PipelineSettings:
                                   help="Kafka consumer group given the store's offsets after each run, for lag "
                                        "tools only; the store's offsets stay the truth (empty: off)")
 
+    # --- streaming (``--streaming``): an unbounded job on Flink through Beam's portable runner
+    streaming: bool = setting(False, env="APIM_PIPELINE_STREAMING",
+                              help="run one unbounded Beam job on Flink until SIGTERM, committing every partition "
+                                   "at least every --commit-interval (default: bounded runs, --once)")
+    commit_interval_s: float = setting(1.0, env="APIM_PIPELINE_COMMIT_INTERVAL_S", flag="--commit-interval",
+                                       help="streaming: seconds a partition's read events may wait for their commit")
+    job_endpoint: str = setting("127.0.0.1:8099", env="APIM_PIPELINE_JOB_ENDPOINT",
+                                help="streaming: the Beam Flink job server (deploy/local/flink-jobserver.sh)")
+    flink_rest: str = setting("127.0.0.1:8281-8299", env="APIM_PIPELINE_FLINK_REST",
+                              help="streaming: HOST:PORT (or HOST:FIRST-LAST) of the Flink REST API that runs the "
+                                   "job, used to stop it (the embedded mini-cluster binds one port of the range; a "
+                                   "standalone cluster listens on 8081)")
+    environment_type: str = setting("LOOPBACK", env="APIM_PIPELINE_ENVIRONMENT_TYPE",
+                                    help="streaming: where Beam's Python workers run: LOOPBACK (in this process) or "
+                                         "EXTERNAL (a worker pool, --environment-config HOST:PORT)")
+    environment_config: str = setting("", env="APIM_PIPELINE_ENVIRONMENT_CONFIG",
+                                      help="streaming: the worker pool's HOST:PORT when --environment-type EXTERNAL")
+    parallelism: int = setting(0, env="APIM_PIPELINE_PARALLELISM",
+                               help="streaming: Flink parallelism (0: the cluster's default)")
+    checkpoint_interval_ms: int = setting(5000, env="APIM_PIPELINE_CHECKPOINT_INTERVAL_MS",
+                                          help="streaming: Flink checkpoint interval; a restarted job resumes "
+                                               "from the last checkpoint")
+    max_bundle_ms: int = setting(200, env="APIM_PIPELINE_MAX_BUNDLE_MS",
+                                 help="streaming: longest a Beam bundle stays open on Flink (latency vs overhead)")
+    partition_discovery_s: float = setting(10.0, env="APIM_PIPELINE_PARTITION_DISCOVERY_S",
+                                           help="streaming: seconds between looks for new partitions")
+
     def validate(self) -> None:
         if self.max_records_per_run < 1:
             raise SettingsError("--max-records-per-run must be at least 1")
@@ -75,3 +102,30 @@ class PipelineSettings:
             raise SettingsError("--near-limit-ratio must be in (0, 1]")
         if self.metrics_listen:
             parse_host_port("--metrics-listen", self.metrics_listen)
+        if self.streaming:
+            if self.follow:
+                raise SettingsError("--streaming and --follow are two ways to keep running: choose one")
+            if self.commit_interval_s <= 0:
+                raise SettingsError("--commit-interval must be positive")
+            if self.environment_type not in ("LOOPBACK", "EXTERNAL"):
+                raise SettingsError(f"--environment-type must be LOOPBACK or EXTERNAL, not {self.environment_type!r}")
+            if self.environment_type == "EXTERNAL":
+                parse_host_port("--environment-config", self.environment_config)
+            parse_host_port("--job-endpoint", self.job_endpoint)
+            flink_rest_ports(self.flink_rest)
+            if self.parallelism < 0 or self.checkpoint_interval_ms < 100 or self.max_bundle_ms < 1:
+                raise SettingsError("--parallelism must be 0 or more, --checkpoint-interval-ms at least 100 and "
+                                    "--max-bundle-ms at least 1")
+
+
+def flink_rest_ports(value: str) -> tuple[str, list[int]]:
+    """``HOST:PORT`` or ``HOST:FIRST-LAST`` -> (host, ports)."""
+    host, _, ports = value.rpartition(":")
+    first, _, last = ports.partition("-")
+    try:
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        raise SettingsError(f"--flink-rest must be HOST:PORT or HOST:FIRST-LAST, not {value!r}") from None
+    if not host or not 0 < lo <= hi < 65536 or hi - lo > 100:
+        raise SettingsError(f"--flink-rest must be HOST:PORT or HOST:FIRST-LAST (at most 100 ports), not {value!r}")
+    return host, list(range(lo, hi + 1))
