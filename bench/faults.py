@@ -8,6 +8,7 @@ events sent (acknowledged to the sender), stored, lost, doubled, and the recover
 moment the broken part is back to the moment the store holds every event acknowledged before then.
 
     python -m bench.faults [--rate 1000] [--duration 40] [--store postgresql|sqlite] [--only NAME ...]
+                           [--pipeline follow|streaming]
 
 Results go to bench/results/faults.json and a table on stdout.
 """
@@ -60,6 +61,8 @@ class Plan:
     seed: int = 11
     spool_max_mb: float = 0.25  # spool_quota_exhausted: small enough to fill in seconds at ``rate``
     kafka_traffic_s: float = 60.0  # kafka_killed_twice: traffic long enough for two broker restarts
+    pipeline: str = "follow"  # or "streaming": one job on the Flink job server's mini-cluster
+    pipeline_kills: int = 10  # pipeline_killed_ten_times
 
 
 def _recovered(system: System, traffic: Traffic) -> float:
@@ -107,8 +110,8 @@ def collector_killed_holding_spool(system: System, traffic: Traffic, plan: Plan)
 def pipeline_killed_ten_times(system: System, traffic: Traffic, plan: Plan) -> list[float]:
     """SIGKILL the pipeline at random moments (seeded), restarting it each time."""
     rng = random.Random(plan.seed)
-    for _ in range(10):
-        time.sleep(rng.uniform(0.3, 0.6) * plan.duration_s / 10)
+    for _ in range(plan.pipeline_kills):
+        time.sleep(rng.uniform(0.3, 0.6) * plan.duration_s / plan.pipeline_kills)
         system.kill_pipeline()
         system.start_pipeline()
     return [_recovered(system, traffic)]
@@ -118,6 +121,17 @@ def postgres_restarted(system: System, traffic: Traffic, plan: Plan) -> list[flo
     """pg_ctl restart (fast) under load: the pipeline's open run fails and is planned again."""
     time.sleep(0.3 * plan.duration_s)
     system.services().restart_postgres()
+    return [_recovered(system, traffic)]
+
+
+def jobserver_killed(system: System, traffic: Traffic, plan: Plan) -> list[float]:
+    """Streaming only: SIGKILL the Beam Flink job server (its embedded Flink and the job die with it),
+    start it again; the driver submits the job again and it resumes from the store's offsets."""
+    time.sleep(0.3 * plan.duration_s)
+    services = system.services()
+    services.kill_jobserver()
+    time.sleep(2.0)
+    services.start_jobserver()
     return [_recovered(system, traffic)]
 
 
@@ -159,7 +173,11 @@ SCENARIOS: dict[str, tuple[Fault, list[str]]] = {
     "postgres_restarted": (postgres_restarted, []),
     "spool_quota_exhausted": (spool_quota_exhausted, ["--ack-timeout-s", "1"]),
     "hostile_flood": (hostile_flood, []),
+    "jobserver_killed": (jobserver_killed, []),
 }
+#: What breaks the pipeline itself; with --pipeline streaming only these run (the collector-side ones do not
+#: depend on how the pipeline runs). jobserver_killed needs the streaming pipeline.
+STREAMING_SCENARIOS = ("pipeline_killed_ten_times", "jobserver_killed", "kafka_killed_twice", "postgres_restarted")
 
 
 def _wait_for_counter(system: System, name: str, labels: str, at_least: float, timeout_s: float,
@@ -191,7 +209,8 @@ def run_scenario(name: str, plan: Plan, store_url: str, workdir: Path, kafka: st
     if name == "spool_quota_exhausted":
         collector_args = [*collector_args, "--spool-max-mb", str(plan.spool_max_mb)]
     began = time.monotonic()
-    system = System(workdir, store_url, kafka=kafka, collector_args=collector_args, seed=plan.seed)
+    system = System(workdir, store_url, kafka=kafka, collector_args=collector_args, seed=plan.seed,
+                    pipeline_mode=plan.pipeline)
     with system:
         duration = max(plan.duration_s, plan.kafka_traffic_s) if name == "kafka_killed_twice" else plan.duration_s
         traffic = system.traffic(rate=plan.rate, duration_s=duration, seed=plan.seed)
@@ -240,10 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
                         help="the local broker to use (and break) [env: APIM_KAFKA_BOOTSTRAP]")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    parser.add_argument("--pipeline", choices=("follow", "streaming"), default="follow",
+                        help="how the pipeline runs: bounded runs in a loop, or the streaming job on Flink "
+                             "(the job server of `make services`); results go to faults-streaming.json")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
-    plan = Plan(rate=args.rate, duration_s=args.duration, seed=args.seed)
-    names = args.only or list(SCENARIOS)
+    args.out = args.out or (RESULTS.with_name("faults-streaming.json") if args.pipeline == "streaming" else RESULTS)
+    plan = Plan(rate=args.rate, duration_s=args.duration, seed=args.seed, pipeline=args.pipeline)
+    names = args.only or [n for n in SCENARIOS if (n in STREAMING_SCENARIOS if args.pipeline == "streaming"
+                                                    else n != "jobserver_killed")]
     results = []
     print(f"{'scenario':<32} {'sent':>8} {'stored':>8} {'lost':>5} {'doubled':>7} {'recovery s':>14} {'wall s':>7}")
     for name in names:
@@ -268,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         scenarios.sort(key=lambda s: list(SCENARIOS).index(s["name"]))
     args.out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {"cores": os.cpu_count()},
-        "plan": asdict(plan), "store": args.store, "scenarios": scenarios}, indent=2) + "\n")
+        "plan": asdict(plan), "store": args.store, "pipeline": args.pipeline, "scenarios": scenarios}, indent=2) + "\n")
     print(f"results: {args.out}")
     return 0 if all(r.exact for r in results) else 1
 

@@ -135,6 +135,19 @@ class LocalServices:
     def resume_kafka(self) -> None:
         os.kill(self.kafka_pid, signal.SIGCONT)
 
+    def kill_jobserver(self) -> None:
+        """SIGKILL the Beam Flink job server, and with it the embedded Flink mini-cluster and its job."""
+        pidfile = (Path(os.environ.get("APIM_LOCAL_DIR", DEPLOY.parent.parent / ".local"))
+                   / "flink-jobserver" / "jobserver.pid")
+        pid = int(pidfile.read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def start_jobserver(self) -> None:
+        self._script("flink-jobserver.sh", "start", {})
+
     def restart_postgres(self) -> None:
         """pg_ctl restart -m fast: open transactions are rolled back, connections dropped."""
         if self.pg_dir is None:
@@ -215,6 +228,8 @@ class System:
     seed: int = 7
     collector_args: list[str] = field(default_factory=list)
     pipeline_args: list[str] = field(default_factory=list)
+    #: "follow" (bounded runs in a loop) or "streaming" (one job on the Flink job server, `make services`)
+    pipeline_mode: str = "follow"
     topic: str = field(default_factory=lambda: f"apim.usage.v1.sys-{uuid.uuid4().hex[:10]}")
     details: dict[str, object] = field(default_factory=dict)  # what a scenario observed along the way
 
@@ -250,7 +265,9 @@ class System:
         self.collector.wait()
 
     def start_pipeline(self) -> None:
-        cmd = [sys.executable, "-m", "apim_analytics.cli", "pipeline", "run", "--follow", "--interval", "0.2",
+        mode = (["--streaming", "--commit-interval", "1", "--partition-discovery-s", "2"]
+                if self.pipeline_mode == "streaming" else ["--follow", "--interval", "0.2"])
+        cmd = [sys.executable, "-m", "apim_analytics.cli", "pipeline", "run", *mode,
                "--kafka", self.kafka, "--topic", self.topic, "--store", self.store_url,
                "--metrics-listen", self.pipeline_metrics, *self.pipeline_args]
         log = open(self.workdir / "pipeline.log", "ab")  # noqa: SIM115 - handed to the child process
@@ -264,8 +281,13 @@ class System:
             if self.pipeline is not None and self.pipeline.poll() is not None:
                 raise RuntimeError(f"the pipeline exited ({self.pipeline.returncode}); see {self.workdir}/pipeline.log")
             try:
-                runs = [line for line in self.metrics("pipeline").splitlines()
-                        if line.startswith("apim_pipeline_runs_total{")]
+                text = self.metrics("pipeline")
+                if self.pipeline_mode == "streaming":
+                    if "\napim_pipeline_streaming_job_running 1.0" in text:
+                        return time.monotonic() - began
+                    time.sleep(0.1)
+                    continue
+                runs = [line for line in text.splitlines() if line.startswith("apim_pipeline_runs_total{")]
                 if sum(float(line.rpartition(" ")[2]) for line in runs) >= 1:
                     return time.monotonic() - began
             except OSError:

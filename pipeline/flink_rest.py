@@ -52,6 +52,20 @@ def find_job(host: str, ports: list[int], name: str) -> FlinkJob | None:
     return max(found, key=lambda f: f[0])[1] if found else None
 
 
+def running_jobs(host: str, ports: list[int], name_prefix: str) -> list[FlinkJob]:
+    """Jobs not yet ended whose name starts with ``name_prefix``, on any of the REST ports."""
+    found = []
+    for port in ports:
+        base = f"http://{host}:{port}"
+        try:
+            jobs = _call(f"{base}/jobs/overview", timeout_s=1.0).get("jobs", [])
+        except (OSError, ValueError, urllib.error.URLError):
+            continue
+        found += [FlinkJob(base, j["jid"], j["name"], j["state"]) for j in jobs
+                  if str(j.get("name", "")).startswith(name_prefix) and j.get("state") not in TERMINAL_STATES]
+    return found
+
+
 def job_state(job: FlinkJob) -> str:
     """The job's state now; "GONE" once its mini-cluster has shut down (the embedded mode, after the end)."""
     try:

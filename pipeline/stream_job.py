@@ -21,6 +21,7 @@ since only committed offsets count.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import re
 import signal
@@ -75,8 +76,31 @@ def beam_options(settings: PipelineSettings, job_name: str, beam_args: list[str]
     return PipelineOptions([*args, *(beam_args or ())])
 
 
-def job_name_for(topic: str) -> str:
-    return f"apim-usage-{re.sub(r'[^a-zA-Z0-9-]', '-', topic)[:40]}-{uuid.uuid4().hex[:8]}"
+def job_family(settings: PipelineSettings) -> str:
+    """The name prefix every streaming job of this topic and store shares (one should run at a time)."""
+    store = hashlib.sha256(settings.store.encode()).hexdigest()[:8]
+    return f"apim-usage-{re.sub(r'[^a-zA-Z0-9-]', '-', settings.topic)[:40]}-{store}-"
+
+
+def job_name_for(settings: PipelineSettings) -> str:
+    return job_family(settings) + uuid.uuid4().hex[:8]
+
+
+def cancel_predecessors(settings: PipelineSettings) -> int:
+    """Cancel jobs of this family still on Flink: left by a driver that was killed (SIGKILL, OOM).
+
+    Why: with LOOPBACK such a job lost its workers and restarts forever; with
+    EXTERNAL it would keep committing beside the new one. Either way one job per
+    topic and store is what is meant. Their commits are whole, so nothing is lost.
+    """
+    host, ports = flink_rest_ports(settings.flink_rest)
+    cancelled = 0
+    for job in flink_rest.running_jobs(host, ports, job_family(settings)):
+        log.warning("cancelling a streaming job left by an earlier driver", extra={"job_name": job.name,
+                                                                                  "flink_state": job.state})
+        flink_rest.cancel(job)
+        cancelled += 1
+    return cancelled
 
 
 class _Watch:
@@ -148,11 +172,12 @@ def run_streaming(settings: PipelineSettings, beam_args: list[str] | None = None
     server = metrics.serve(settings.metrics_listen, health) if settings.metrics_listen else None
     DRAIN.clear()
     READ_POSITIONS.clear()
-    job_name = job_name_for(settings.topic)
+    job_name = job_name_for(settings)
     submissions = 0
     watch: _Watch | None = None
     try:
         _with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
+        cancel_predecessors(settings)
         watch = _Watch(settings)
         backoff = 2.0
         while not stop.is_set():

@@ -63,3 +63,37 @@ def test_hostile_flood_mixed_into_real_traffic(tmp_path: Path) -> None:
     assert d["answered"] == {"INVALID_ARGUMENT": refused_calls, "OK": 20}
     assert d["collector_invalid_argument"] == refused_calls  # every refusal counted by the collector
     assert d["collector_instances_rejected"] == d["instances_refused_expected"] == 20
+
+
+# --- issue 12: the same faults with the streaming job on Flink (the job server's embedded mini-cluster) ---
+
+STREAMING = Plan(rate=300.0, duration_s=10.0, seed=13, kafka_traffic_s=30.0, pipeline="streaming", pipeline_kills=3)
+
+
+def _run_streaming(name: str, tmp_path: Path):
+    with fresh_store("postgresql", tmp_path) as url:
+        result = run_scenario(name, STREAMING, url, tmp_path, kafka=KAFKA)
+    assert result.details["sender_failures"] == 0
+    assert result.sent == result.details["generated"] >= STREAMING.rate * STREAMING.duration_s * 0.8
+    assert (result.lost, result.doubled, result.stored) == (0, 0, result.sent), result
+    return result
+
+
+@pytest.mark.flink
+def test_streaming_pipeline_killed_three_times(tmp_path: Path) -> None:
+    _run_streaming("pipeline_killed_ten_times", tmp_path)
+
+
+@pytest.mark.flink
+def test_streaming_job_server_killed(tmp_path: Path) -> None:
+    _run_streaming("jobserver_killed", tmp_path)
+
+
+@pytest.mark.flink
+def test_streaming_postgres_restarted(tmp_path: Path) -> None:
+    _run_streaming("postgres_restarted", tmp_path)
+
+
+@pytest.mark.flink
+def test_streaming_kafka_killed_twice(tmp_path: Path) -> None:
+    _run_streaming("kafka_killed_twice", tmp_path)
