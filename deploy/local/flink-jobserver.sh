@@ -17,6 +17,10 @@
 # Settings (environment variables):
 #   APIM_LOCAL_DIR            state root (default: <repo>/.local); the job server uses
 #                             $APIM_LOCAL_DIR/flink-jobserver/{libs,jobserver.log,jobserver.pid}
+#   JOBSERVER_DIR             folder of this job server's log, pid, lock and tmp
+#                             (default $APIM_LOCAL_DIR/flink-jobserver); a second job
+#                             server on other ports needs its own (flink-cluster.sh
+#                             sets it); the jars stay in JOBSERVER_LIBS
 #   JOBSERVER_HOST            address of the job, artifact and expansion
 #                             services (default 127.0.0.1)
 #   JOBSERVER_JOB_PORT        job service port, the Python SDK's --job_endpoint
@@ -26,6 +30,11 @@
 #   FLINK_MASTER              [local] for an embedded Flink mini-cluster, or
 #                             HOST:PORT of a standalone Flink 1.19 JobManager
 #                             (default [local])
+#   FLINK_CONF_DIR            Flink configuration folder given to the job server
+#                             (default deploy/local/flink-jobserver/conf: for the
+#                             embedded mini-cluster, its REST API on a port in
+#                             8281-8299, which `pipeline run --streaming` uses to
+#                             find and stop its job, and restarts from checkpoints)
 #   JOBSERVER_HEAP            JVM maximum heap, -Xmx (default 1g)
 #   JOBSERVER_LIBS            folder of the job server jars (default
 #                             $APIM_LOCAL_DIR/flink-jobserver/libs)
@@ -44,6 +53,7 @@ JOBSERVER_ARTIFACT_PORT="${JOBSERVER_ARTIFACT_PORT:-8098}"
 JOBSERVER_EXPANSION_PORT="${JOBSERVER_EXPANSION_PORT:-8097}"
 FLINK_MASTER="${FLINK_MASTER:-[local]}"
 JOBSERVER_HEAP="${JOBSERVER_HEAP:-1g}"
+FLINK_CONF_DIR="${FLINK_CONF_DIR:-$SCRIPT_DIR/flink-jobserver/conf}"
 JOBSERVER_START_TIMEOUT="${JOBSERVER_START_TIMEOUT:-120}"
 JOBSERVER_STOP_TIMEOUT="${JOBSERVER_STOP_TIMEOUT:-30}"
 JAVA="${JAVA:-java}"
@@ -52,8 +62,8 @@ MVN="${MVN:-mvn}"
 POM="$SCRIPT_DIR/flink-jobserver/pom.xml"
 MAIN_CLASS="org.apache.beam.runners.flink.FlinkJobServerDriver"
 
-JDIR="$APIM_LOCAL_DIR/flink-jobserver"
-LIBS="${JOBSERVER_LIBS:-$JDIR/libs}"
+JDIR="${JOBSERVER_DIR:-$APIM_LOCAL_DIR/flink-jobserver}"
+LIBS="${JOBSERVER_LIBS:-$APIM_LOCAL_DIR/flink-jobserver/libs}"
 LOG="$JDIR/jobserver.log"
 PIDFILE="$JDIR/jobserver.pid"
 ENDPOINT="$JOBSERVER_HOST:$JOBSERVER_JOB_PORT"
@@ -166,7 +176,8 @@ cmd_start() {
             --job-port "$JOBSERVER_JOB_PORT" \
             --artifact-port "$JOBSERVER_ARTIFACT_PORT" \
             --expansion-port "$JOBSERVER_EXPANSION_PORT" \
-            --flink-master "$FLINK_MASTER"
+            --flink-master "$FLINK_MASTER" \
+            --flink-conf-dir "$FLINK_CONF_DIR"
         pid=$LAUNCHED_PID
     fi
 

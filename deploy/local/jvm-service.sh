@@ -1,5 +1,5 @@
-# Shared by the scripts that run a JVM service from Maven Central jars (kafka.sh,
-# flink-jobserver.sh). Sourced, not run: the caller defines say() and die() first.
+# Shared by the scripts that run a JVM service (kafka.sh, flink-jobserver.sh,
+# flink-cluster.sh). Sourced, not run: the caller defines say() and die() first.
 
 port_open() {  # $1 host $2 port
     (exec 3<>"/dev/tcp/$1/$2") >/dev/null 2>&1
@@ -118,16 +118,23 @@ await_ready() {
     die "the $what (pid $pid) did not answer at $where within ${timeout}s; it is left running, see $LOG ($(basename "$0") stop to end it)"
 }
 
-# Start "$JAVA" with the remaining arguments in folder $1, detached (own session, no lock
-# inherited), output to $LOG; sets LAUNCHED_PID and writes it to $PIDFILE.
-launch_jvm() {
+# Run the command in the remaining arguments in folder $1, detached (own session, so its own
+# process group; no lock inherited), output to $LOG; sets LAUNCHED_PID and writes it to $PIDFILE.
+launch_detached() {
     local dir="$1"
     shift
     (
         cd "$dir"
         exec 9>&-  # the service must not inherit (and so keep) the caller's lock
-        exec setsid nohup "$JAVA" "$@" </dev/null >"$LOG" 2>&1
+        exec setsid nohup "$@" </dev/null >"$LOG" 2>&1
     ) &
     LAUNCHED_PID=$!
     echo "$LAUNCHED_PID" >"$PIDFILE"
+}
+
+# launch_detached for "$JAVA" with the remaining arguments, in folder $1.
+launch_jvm() {
+    local dir="$1"
+    shift
+    launch_detached "$dir" "$JAVA" "$@"
 }
