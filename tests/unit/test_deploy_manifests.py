@@ -26,8 +26,11 @@ from schemas.mixer.template.metric import template_handler_service_pb2 as metric
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 ISTIO_DIR = ROOT / "deploy" / "istio"
-# The pipeline's manifests have their own kustomization and tests (test_deploy_pipeline.py).
+# The pipeline's and the Flink cluster's manifests have their own kustomizations and tests
+# (test_deploy_pipeline.py, test_deploy_flink.py).
 PIPELINE_DIR = K8S_DIR / "pipeline"
+FLINK_DIR = K8S_DIR / "flink"
+SEPARATE_DIRS = (PIPELINE_DIR, FLINK_DIR)
 
 NAMESPACE = "apim-analytics"
 MIXER_NAMESPACE = "istio-system"
@@ -102,7 +105,7 @@ class Doc:
 
 def _yaml_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
-                  and PIPELINE_DIR not in p.parents)
+                  and not any(d in p.parents for d in SEPARATE_DIRS))
 
 
 @functools.cache
@@ -237,7 +240,8 @@ def test_mixer_config_uses_v1alpha2_in_istio_system() -> None:
 
 
 def test_each_kustomization_lists_every_resource_file_beside_it() -> None:
-    kustomizations = sorted(k for k in K8S_DIR.rglob("kustomization.yaml") if PIPELINE_DIR not in k.parents)
+    kustomizations = sorted(k for k in K8S_DIR.rglob("kustomization.yaml")
+                            if not any(d in k.parents for d in SEPARATE_DIRS))
     assert kustomizations
     for kpath in kustomizations:
         k = yaml.safe_load(kpath.read_text())
