@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.decode import Chunk
+from pipeline.decode import Chunk, concat_chunks
 from pipeline.resources import OTHER, admit, normalise_path
 from store.latency import BUCKET_COUNT, bucket_of, histogram_column
 from store.tables import (
@@ -235,6 +235,13 @@ def aggregate_chunk(chunk: Chunk, keep: np.ndarray | None = None) -> Partial:
                                   APP_ATTRS)
     return Partial(usage=pd.DataFrame(usage), user_day=pd.DataFrame(user_day), destination=pd.DataFrame(destination),
                    throttle=throttle, apis=apis, applications=applications, events=n)
+
+
+def aggregate_chunks(parts: Sequence[tuple[Chunk, np.ndarray | None]]) -> Partial:
+    """Several decoded chunks (with keep masks) -> one Partial, grouped once."""
+    if not parts:
+        return empty_partial()
+    return aggregate_chunk(concat_chunks(parts)) if len(parts) > 1 else aggregate_chunk(*parts[0])
 
 
 def _throttle_counts(dims: _Dims, minute: np.ndarray, mcard: int, minute_ms: np.ndarray, admitted: np.ndarray,

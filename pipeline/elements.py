@@ -9,11 +9,10 @@ checks, so a summary can only ever be committed once, and only in offset order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from pipeline.aggregate import Partial, empty_partial, merge
+from pipeline.aggregate import Partial
 from pipeline.errors import DeadLetterCode
 
 
@@ -63,8 +62,8 @@ class DeadRecord(NamedTuple):
 class ChunkSummary:
     """Pre-aggregated ``[start, end)`` of one partition: everything its commit needs.
 
-    Summaries of adjacent ranges of a partition add up (:meth:`merge`) to the
-    summary of their union, so the commit step may land several at once.
+    Summaries of adjacent ranges of a partition add up to the summary of their
+    union, so the commit step may land several at once (pipeline.commit.commit_chunks).
     """
 
     topic: str
@@ -72,6 +71,9 @@ class ChunkSummary:
     start: int
     end: int
     partial: Partial | None = None
+    #: decoded but not yet aggregated events, each chunk with its keep mask (the streaming job aggregates a
+    #: commit's chunks at once: pipeline.transforms.DecodeAndPreAggregate(pre_aggregate=False))
+    chunks: list = field(default_factory=list)
     new_calls: list[tuple[str, int, str, int]] = field(default_factory=list)  # (topic, partition, call, offset)
     records: int = 0
     duplicates: int = 0
@@ -80,20 +82,8 @@ class ChunkSummary:
 
     @property
     def events(self) -> int:
-        return self.partial.events if self.partial is not None else 0
-
-    @staticmethod
-    def merge(summaries: Iterable[ChunkSummary]) -> ChunkSummary:
-        """Adjacent summaries of one partition, in offset order -> their union's summary."""
-        parts = list(summaries)
-        first, last = parts[0], parts[-1]
-        partials = [s.partial for s in parts if s.partial is not None and s.partial.events]
-        return ChunkSummary(
-            topic=first.topic, partition=first.partition, start=first.start, end=last.end,
-            partial=merge(partials) if partials else empty_partial(),
-            new_calls=[c for s in parts for c in s.new_calls], records=sum(s.records for s in parts),
-            duplicates=sum(s.duplicates for s in parts), dead_letters=sum(s.dead_letters for s in parts),
-            read_at=max(s.read_at for s in parts))
+        pending = sum(c.n if keep is None else int(keep.sum()) for c, keep in self.chunks)
+        return (self.partial.events if self.partial is not None else 0) + pending
 
 
 @dataclass(frozen=True)

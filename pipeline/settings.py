@@ -60,6 +60,10 @@ class PipelineSettings:
                                    "at least every --commit-interval (default: bounded runs, --once)")
     commit_interval_s: float = setting(1.0, env="APIM_PIPELINE_COMMIT_INTERVAL_S", flag="--commit-interval",
                                        help="streaming: seconds a partition's read events may wait for their commit")
+    commit_groups: int = setting(1, env="APIM_PIPELINE_COMMIT_GROUPS",
+                                 help="streaming: partitions are committed in this many groups (partition modulo "
+                                      "groups), each group's due chunks in one transaction; raise it with the "
+                                      "parallelism")
     job_endpoint: str = setting("127.0.0.1:8099", env="APIM_PIPELINE_JOB_ENDPOINT",
                                 help="streaming: the Beam Flink job server (deploy/local/flink-jobserver.sh)")
     flink_rest: str = setting("127.0.0.1:8281-8299", env="APIM_PIPELINE_FLINK_REST",
@@ -107,6 +111,8 @@ class PipelineSettings:
                 raise SettingsError("--streaming and --follow are two ways to keep running: choose one")
             if self.commit_interval_s <= 0:
                 raise SettingsError("--commit-interval must be positive")
+            if self.commit_groups < 1:
+                raise SettingsError("--commit-groups must be at least 1")
             if self.environment_type not in ("LOOPBACK", "EXTERNAL"):
                 raise SettingsError(f"--environment-type must be LOOPBACK or EXTERNAL, not {self.environment_type!r}")
             if self.environment_type == "EXTERNAL":

@@ -44,8 +44,7 @@ from sqlalchemy import Engine
 
 from core.errors import ApimError
 from core.kafka_errors import translate_kafka
-from pipeline.aggregate import empty_partial, finish
-from pipeline.commit import ChunkOutcome, RunCounts, commit_chunk, stored_offsets
+from pipeline.commit import ChunkOutcome, commit_chunks, stored_offsets
 from pipeline.dead_letters import WriteDeadLetters
 from pipeline.elements import ChunkSummary, DeadLettersWritten, RecordBatch
 from pipeline.kafka_source import BOOTSTRAP_TIMEOUT_MS, counted_calls, mark_counted
@@ -146,6 +145,8 @@ class ReadPartition(beam.DoFn):
 
     def __init__(self, bootstrap: str, store_url: str, dedup_horizon_s: float, commit_interval_s: float,
                  idle_s: float = 0.1, poll_timeout_ms: int = 50) -> None:
+        #: after a batch, the pause before the next read: what arrives meanwhile makes one chunk
+        self.read_every_s = min(0.5, commit_interval_s / 2)
         self.bootstrap = bootstrap
         self.store_url = store_url
         self.dedup_horizon_s = dedup_horizon_s
@@ -238,7 +239,8 @@ class ReadPartition(beam.DoFn):
             if len(claimed) < len(records):
                 self._forget(part)  # the records after the split point belong to the residual's reader
                 return
-            tracker.defer_remainder(Duration.of(0))
+            # a full batch: more is waiting, read on at once; else gather for a while (fewer, larger chunks)
+            tracker.defer_remainder(Duration.of(0 if len(records) >= MAX_RECORDS_PER_BATCH else self.read_every_s))
             return
         self._expect[part], self._next[part] = restriction.start, position
         yield from self._heartbeat(part, position)
@@ -284,7 +286,8 @@ class CommitChunks(beam.DoFn):
 
     PENDING = BagStateSpec("pending", PickleCoder())
     ACKS = BagStateSpec("acks", PickleCoder())
-    SINCE = ReadModifyWriteStateSpec("since", PickleCoder())
+    #: (when the oldest pending chunk arrived, events pending): read on every element, unlike the bag
+    DUE = ReadModifyWriteStateSpec("due", PickleCoder())
 
     def __init__(self, settings: PipelineSettings, commit_interval_s: float,
                  max_pending_events: int = 500_000) -> None:
@@ -304,72 +307,82 @@ class CommitChunks(beam.DoFn):
 
     def process(self, keyed: tuple[str, ChunkSummary | DeadLettersWritten],
                 pending=beam.DoFn.StateParam(PENDING), acks=beam.DoFn.StateParam(ACKS),
-                since=beam.DoFn.StateParam(SINCE)) -> Iterator[Committed]:
+                due=beam.DoFn.StateParam(DUE)) -> Iterator[Committed]:
         _, item = keyed
         now = time.time()
+        since, events = due.read() or (None, 0)
         if isinstance(item, DeadLettersWritten):
             acks.add(item)
         elif item.end > item.start:
             pending.add(item)
-            if since.read() is None:
-                since.write(now)
-        first = since.read()
-        if first is None:
+            since, events = since or now, events + item.events
+            due.write((since, events))
+        if since is None:
             return
-        chunks = sorted(pending.read(), key=lambda c: c.start)
-        due = (now - first >= self.commit_interval_s or DRAIN.is_set()
-               or sum(c.events for c in chunks) >= self.max_pending_events)
-        if not due:
+        if not (now - since >= self.commit_interval_s or DRAIN.is_set() or events >= self.max_pending_events):
             return
+        chunks = sorted(pending.read(), key=lambda c: (c.partition, c.start))
         known_acks = list(acks.read())
-        left, committed = self._commit_due(chunks, {(a.start, a.end) for a in known_acks})
+        left, committed = self._commit_due(chunks, {(a.partition, a.start, a.end) for a in known_acks})
         pending.clear()
         for c in left:
             pending.add(c)
-        landed = max((c.end for c in committed), default=None)
-        if landed is not None:  # an acknowledgement is kept until its chunk is committed (it may come first)
+        landed = {c.partition: c.end for c in committed}
+        if landed:  # an acknowledgement is kept until its chunk is committed (it may come first)
             acks.clear()
             for a in known_acks:
-                if a.start >= landed:
+                if a.start >= landed.get(a.partition, -1):
                     acks.add(a)
-        since.write(now if left else None)
+        due.write((now, sum(c.events for c in left)) if left else None)
         yield from committed
 
-    def _commit_due(self, chunks: list[ChunkSummary], acked: set[tuple[int, int]]
+    def _commit_due(self, chunks: list[ChunkSummary], acked: set[tuple[int, int, int]]
                     ) -> tuple[list[ChunkSummary], list[Committed]]:
-        """Commit the contiguous, acknowledged run at the store's offset; return what is left and what landed."""
-        topic, partition = chunks[0].topic, chunks[0].partition
+        """Commit, per partition, the contiguous acknowledged run at the store's offset, all in one transaction;
+        return what is left and what landed."""
+        topic = chunks[0].topic
         engine = self._engine
         assert engine is not None  # setup() ran
-        stored = self._with_retries(lambda: stored_offsets(engine, topic).get(partition))
-        if stored is not None:
-            chunks = [c for c in chunks if c.end > stored]  # replays of what is already in the store
-        run: list[ChunkSummary] = []
-        expected = stored if stored is not None else (chunks[0].start if chunks else 0)
-        for c in chunks:
-            if c.start != expected or (c.dead_letters and (c.start, c.end) not in acked):
-                break
-            run.append(c)
-            expected = c.end
-        if not run:
-            if chunks:
-                log.info("chunks wait for an earlier one", extra={"partition": partition, "store_offset": stored,
-                                                                   "first_start": chunks[0].start})
-            return chunks, []
-        total = ChunkSummary.merge(run)
-        outcome = self._with_retries(lambda: commit_chunk(
-            engine, topic, partition, total.start, total.end,
-            lambda admitted: finish(total.partial or empty_partial(), admitted, self.settings.max_resources_per_api),
-            total.new_calls, RunCounts(records=total.records, duplicates=total.duplicates,
-                                       dead_letters=total.dead_letters),
+        stored = self._with_retries(lambda: stored_offsets(engine, topic))
+        runs: dict[int, list[ChunkSummary]] = {}
+        left: list[ChunkSummary] = []
+        for partition in sorted({c.partition for c in chunks}):
+            mine = [c for c in chunks if c.partition == partition and c.end > stored.get(partition, -1)]
+            expected = stored.get(partition, mine[0].start if mine else 0)
+            run: list[ChunkSummary] = []
+            for c in mine:
+                if c.start != expected or (c.dead_letters and (c.partition, c.start, c.end) not in acked):
+                    break
+                run.append(c)
+                expected = c.end
+            if run:
+                runs[partition] = run
+            left += mine[len(run):]
+        if not runs:
+            if left:
+                log.info("chunks wait for earlier ones", extra={"topic": topic, "store_offsets": stored,
+                                                                 "waiting": len(left)})
+            return left, []
+        outcomes = self._with_retries(lambda: commit_chunks(
+            engine, list(runs.values()), max_resources_per_api=self.settings.max_resources_per_api,
             dedup_horizon_s=self.settings.dedup_horizon_s, near_limit_ratio=self.settings.near_limit_ratio))
-        left = chunks[len(run):]
-        if outcome != ChunkOutcome.COMMITTED:
-            log.warning("chunk not committed", extra={"partition": partition, "outcome": outcome,
-                                                      "start": total.start, "end": total.end})
-            return (chunks if outcome == ChunkOutcome.EARLY else left), []
-        return left, [Committed(topic, partition, total.start, total.end, total.events, total.read_at,
-                                time.time())]
+        now = time.time()
+        done = []
+        for partition, run in runs.items():
+            outcome = outcomes[partition]
+            start, end = run[0].start, run[-1].end
+            if outcome == ChunkOutcome.COMMITTED:
+                done.append(Committed(topic, partition, start, end, sum(c.events for c in run),
+                                      max(c.read_at for c in run), now))
+            elif outcome == ChunkOutcome.EARLY:
+                left += run
+            else:
+                log.warning("chunks already committed", extra={"partition": partition, "start": start, "end": end})
+        if done:
+            log.debug("chunks committed", extra={"topic": topic, "partitions": len(done),
+                                                 "events": sum(d.events for d in done),
+                                                 "read_to_commit_s": round(now - min(d.read_at for d in done), 3)})
+        return sorted(left, key=lambda c: (c.partition, c.start)), done
 
     def _with_retries(self, step):
         """Retry a retriable store error (PostgreSQL restarting) with a backoff; anything else fails the bundle."""
@@ -385,8 +398,20 @@ class CommitChunks(beam.DoFn):
                 delay = min(delay * 2, 10.0)
 
 
-def _key_by_partition(item: ChunkSummary | DeadLettersWritten) -> tuple[str, ChunkSummary | DeadLettersWritten]:
-    return f"{item.topic}/{item.partition}", item
+class KeyByCommitGroup(beam.DoFn):
+    """Key chunks and acknowledgements by commit group: the partition modulo ``groups``.
+
+    One group is one stateful key, so a group's partitions commit together, in
+    one transaction (pipeline.commit.commit_chunks says why), and groups commit
+    in parallel on a runner with several workers.
+    """
+
+    def __init__(self, groups: int) -> None:
+        self.groups = groups
+
+    def process(self, item: ChunkSummary | DeadLettersWritten
+                ) -> Iterator[tuple[str, ChunkSummary | DeadLettersWritten]]:
+        yield f"{item.topic}/{item.partition % self.groups}", item
 
 
 def build_streaming_pipeline(p: beam.Pipeline, settings: PipelineSettings, commit_interval_s: float,
@@ -400,10 +425,11 @@ def build_streaming_pipeline(p: beam.Pipeline, settings: PipelineSettings, commi
         | "ReadPartition" >> beam.ParDo(ReadPartition(settings.kafka, settings.store, settings.dedup_horizon_s,
                                                       commit_interval_s))
     )
-    decoded = batches | "DecodeAndPreAggregate" >> DecodeAndPreAggregate(settings.chunk_events)
+    # not pre-aggregated per batch: the commit step groups a commit's worth of small chunks at once
+    decoded = batches | "Decode" >> DecodeAndPreAggregate(settings.chunk_events, pre_aggregate=False)
     written = decoded[DEAD_LETTERS] | "WriteDeadLetters" >> beam.ParDo(
         WriteDeadLetters(settings.kafka, settings.dead_letter_topic))
-    summaries = decoded["summaries"] | "KeySummaries" >> beam.Map(_key_by_partition)
-    acks = written | "KeyAcks" >> beam.Map(_key_by_partition)
+    summaries = decoded["summaries"] | "KeySummaries" >> beam.ParDo(KeyByCommitGroup(settings.commit_groups))
+    acks = written | "KeyAcks" >> beam.ParDo(KeyByCommitGroup(settings.commit_groups))
     return ((summaries, acks) | "JoinByPartition" >> beam.Flatten()
             | "CommitChunks" >> beam.ParDo(CommitChunks(settings, commit_interval_s)))

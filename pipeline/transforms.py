@@ -143,37 +143,51 @@ class DecodeRecords(beam.DoFn):
 
 
 class PreAggregate(beam.DoFn):
-    """DecodedBatch -> ChunkSummary: each chunk grouped with numpy into a Partial, partials merged."""
+    """DecodedBatch -> ChunkSummary: each chunk grouped with numpy into a Partial, partials merged.
 
-    def __init__(self) -> None:
+    With ``aggregate=False`` the summary carries the decoded chunks instead, for a later step to
+    aggregate several summaries' chunks at once (pipeline.aggregate.aggregate_chunks).
+    """
+
+    def __init__(self, aggregate: bool = True) -> None:
+        self.aggregate = aggregate
         self.events = Metrics.counter(self.__class__, "events_decoded")
         self.duplicates = Metrics.counter(self.__class__, "duplicate_events")
         self.records = Metrics.counter(self.__class__, "records_read")
 
     def process(self, decoded: DecodedBatch) -> Iterator[ChunkSummary]:
-        partials = [aggregate_chunk(chunk, keep) for chunk, keep in decoded.chunks]
-        partial = merge(partials) if partials else empty_partial()
         batch = decoded.batch
-        self.events.inc(partial.events)
+        summary = ChunkSummary(topic=batch.topic, partition=batch.partition, start=batch.start, end=batch.end,
+                               new_calls=decoded.new_calls, records=len(batch.records),
+                               duplicates=decoded.duplicates, dead_letters=decoded.dead_letters,
+                               read_at=batch.read_at)
+        if self.aggregate:
+            partials = [aggregate_chunk(chunk, keep) for chunk, keep in decoded.chunks]
+            summary.partial = merge(partials) if partials else empty_partial()
+        else:
+            summary.chunks = [(chunk, keep) for chunk, keep in decoded.chunks if chunk.n]
+        self.events.inc(summary.events)
         self.duplicates.inc(decoded.duplicates)
         self.records.inc(len(batch.records))
-        yield ChunkSummary(topic=batch.topic, partition=batch.partition, start=batch.start, end=batch.end,
-                           partial=partial, new_calls=decoded.new_calls, records=len(batch.records),
-                           duplicates=decoded.duplicates, dead_letters=decoded.dead_letters, read_at=batch.read_at)
+        yield summary
 
 
 class DecodeAndPreAggregate(beam.PTransform):
     """RecordBatches -> ChunkSummaries (main output) and DeadBatches (``dead_letters``).
 
+    ``pre_aggregate=False`` (the streaming job): summaries carry decoded chunks, aggregated later a
+    commit's worth at a time, since grouping a small chunk costs tens of milliseconds whatever its size.
+
     Returns a DoOutputsTuple: ``result[None]`` (or ``result.summaries``) and ``result.dead_letters``.
     """
 
-    def __init__(self, chunk_events: int = 200_000) -> None:
+    def __init__(self, chunk_events: int = 200_000, pre_aggregate: bool = True) -> None:
         super().__init__()
         self.chunk_events = chunk_events
+        self.pre_aggregate = pre_aggregate
 
     def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
         decoded = batches | "Decode" >> beam.ParDo(DecodeRecords(self.chunk_events)).with_outputs(
             DEAD_LETTERS, main="decoded")
-        summaries = decoded.decoded | "PreAggregate" >> beam.ParDo(PreAggregate())
+        summaries = decoded.decoded | "PreAggregate" >> beam.ParDo(PreAggregate(self.pre_aggregate))
         return {"summaries": summaries, DEAD_LETTERS: decoded[DEAD_LETTERS]}

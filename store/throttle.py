@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
-from sqlalchemy import Connection, Engine, and_, func, select, tuple_
+from sqlalchemy import Connection, Engine, and_, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.errors import InputError
@@ -456,6 +456,21 @@ def _latest_windows(conn: Connection, current: Mapping[tuple[str, str], tuple[da
     t = throttle_counters.c
     wanted = sorted((level, key, policy.window_unit) for (level, key), (_, policy) in current.items())
     found: dict[tuple[str, str, str], tuple[datetime, int, int]] = {}
+    if conn.dialect.name == "postgresql" and wanted:
+        # three array parameters joined with unnest: SQLAlchemy compiles a tuple IN of thousands of
+        # values slowly (a bind name each), and PostgreSQL walks the primary key once per wanted key
+        levels, keys, units = (list(col) for col in zip(*wanted))
+        rows = conn.execute(text(
+            "SELECT DISTINCT ON (c.level, c.throttle_key, c.window_unit) c.level, c.throttle_key, c.window_unit, "
+            "c.window_start, c.requests, c.bytes FROM throttle_counters c "
+            "JOIN unnest(CAST(:levels AS text[]), CAST(:keys AS text[]), CAST(:units AS text[])) "
+            "AS w(level, throttle_key, window_unit) "
+            "ON c.level = w.level AND c.throttle_key = w.throttle_key AND c.window_unit = w.window_unit "
+            "ORDER BY c.level, c.throttle_key, c.window_unit, c.window_start DESC"),
+            {"levels": levels, "keys": keys, "units": units})
+        for r in rows:
+            found[(r.level, r.throttle_key, r.window_unit)] = (r.window_start, int(r.requests), int(r.bytes))
+        return found
     for chunk in _chunks(wanted):
         latest = (select(t.level, t.throttle_key, t.window_unit, func.max(t.window_start).label("window_start"))
                   .where(tuple_(t.level, t.throttle_key, t.window_unit).in_(list(chunk)))
