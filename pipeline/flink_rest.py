@@ -44,7 +44,7 @@ def find_job(host: str, ports: list[int], name: str) -> FlinkJob | None:
     for port in ports:
         base = f"http://{host}:{port}"
         try:
-            jobs = _call(f"{base}/jobs/overview", timeout_s=1.0).get("jobs", [])
+            jobs = _call(f"{base}/jobs/overview", timeout_s=3.0).get("jobs", [])
         except (OSError, ValueError, urllib.error.URLError):
             continue
         found += [(int(j.get("start-time", 0)), FlinkJob(base, j["jid"], j["name"], j["state"]))
@@ -58,7 +58,7 @@ def running_jobs(host: str, ports: list[int], name_prefix: str) -> list[FlinkJob
     for port in ports:
         base = f"http://{host}:{port}"
         try:
-            jobs = _call(f"{base}/jobs/overview", timeout_s=1.0).get("jobs", [])
+            jobs = _call(f"{base}/jobs/overview", timeout_s=3.0).get("jobs", [])
         except (OSError, ValueError, urllib.error.URLError):
             continue
         found += [FlinkJob(base, j["jid"], j["name"], j["state"]) for j in jobs

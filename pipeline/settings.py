@@ -132,6 +132,6 @@ def flink_rest_ports(value: str) -> tuple[str, list[int]]:
         lo, hi = int(first), int(last or first)
     except ValueError:
         raise SettingsError(f"--flink-rest must be HOST:PORT or HOST:FIRST-LAST, not {value!r}") from None
-    if not host or not 0 < lo <= hi < 65536 or hi - lo > 100:
+    if not host or not 0 < lo <= hi < 65536 or hi - lo >= 100:
         raise SettingsError(f"--flink-rest must be HOST:PORT or HOST:FIRST-LAST (at most 100 ports), not {value!r}")
     return host, list(range(lo, hi + 1))

@@ -178,7 +178,7 @@ class DecodeAndPreAggregate(beam.PTransform):
     ``pre_aggregate=False`` (the streaming job): summaries carry decoded chunks, aggregated later a
     commit's worth at a time, since grouping a small chunk costs tens of milliseconds whatever its size.
 
-    Returns a DoOutputsTuple: ``result[None]`` (or ``result.summaries``) and ``result.dead_letters``.
+    Returns a dict: ``result["summaries"]`` and ``result["dead_letters"]``.
     """
 
     def __init__(self, chunk_events: int = 200_000, pre_aggregate: bool = True) -> None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.flink]
 
 JOB_ENDPOINT = os.environ.get("APIM_PIPELINE_JOB_ENDPOINT", "127.0.0.1:8099")
 FLINK_REST = os.environ.get("APIM_PIPELINE_FLINK_REST", "127.0.0.1:8281-8299")
+REPO = Path(__file__).resolve().parents[2]
+#: The standalone cluster of deploy/local/flink-cluster.sh: its job server, REST API and worker pool.
+CLUSTER = ["--job-endpoint", "127.0.0.1:8199", "--flink-rest", "127.0.0.1:8081", "--environment-type", "EXTERNAL",
+           "--environment-config", "127.0.0.1:50000", "--parallelism", "2", "--commit-groups", "2"]
 
 
 @pytest.fixture(autouse=True)
@@ -43,13 +48,28 @@ def job_server() -> None:
         pytest.fail(f"the Beam Flink job server at {JOB_ENDPOINT} is not reachable; start it with `make services`")
 
 
+@pytest.fixture(scope="session")
+def flink_cluster() -> Iterator[None]:
+    """The standalone Flink 1.19 cluster (2 slots, EXTERNAL worker pool), started for these tests and stopped
+    after them (it holds 2.5 GB; `make services` does not start it)."""
+    script = REPO / "deploy" / "local" / "flink-cluster.sh"
+    env = os.environ | {"APIM_PYTHON": sys.executable}
+    was_up = subprocess.run([str(script), "status"], env=env, capture_output=True).returncode == 0
+    started = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        pytest.fail(f"flink-cluster.sh start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
+    yield
+    if not was_up:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=300)
+
+
 def start_streaming(bootstrap: str, topic: str, store_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen:
     log = (tmp_path / "streaming.log").open("ab")
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("apim-analytics")), "pipeline", "run", "--streaming", "--kafka", bootstrap,
          "--topic", topic, "--store", store_url, "--dead-letter-topic", f"{topic}.dlq", "--metrics-listen", "",
          "--job-endpoint", JOB_ENDPOINT, "--flink-rest", FLINK_REST, "--partition-discovery-s", "2", *extra],
-        stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
 def wait_for_offsets(store_url: str, topic: str, expected: dict[int, int], timeout_s: float = 120.0) -> float:
@@ -93,11 +113,11 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 9
     return proc.wait(timeout=timeout_s)
 
 
-def flink_job_running(topic: str) -> bool:
-    host, ports = flink_rest_ports(FLINK_REST)
+def flink_job_running(topic: str, rest: str = FLINK_REST) -> bool:
+    host, ports = flink_rest_ports(rest)
     for port in ports:
         try:
-            overview = flink_rest._call(f"http://{host}:{port}/jobs/overview", timeout_s=1.0)
+            overview = flink_rest._call(f"http://{host}:{port}/jobs/overview", timeout_s=5.0)
         except Exception:  # noqa: BLE001 - no mini-cluster on that port
             continue
         safe = topic.replace(".", "-")
@@ -195,3 +215,22 @@ def test_new_partitions_are_picked_up(kafka_bootstrap: str, topic: str, tmp_path
 
 def feed_start() -> int:
     return (int(time.time() * 1000) // 3_600_000 - 2) * 3_600_000
+
+
+def test_streaming_on_the_standalone_cluster_with_external_workers(
+        kafka_bootstrap: str, topic: str, store_url: str, tmp_path: Path, flink_cluster: None) -> None:
+    """The same job on a standalone Flink cluster at parallelism 2, its Python workers in the EXTERNAL worker
+    pool (the Kubernetes pattern): a backlog and live traffic, exact; SIGTERM cancels it through the REST API."""
+    feed = produce(kafka_bootstrap, topic, seed=61, rate=40, duration_s=20)
+    proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path, *CLUSTER)
+    try:
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), timeout_s=180)
+        assert flink_job_running(topic, "127.0.0.1:8081")
+        produce(kafka_bootstrap, topic, seed=62, rate=40, duration_s=10, feed=feed,
+                start_ms=int(time.time() * 1000) - 30 * 60_000)
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic))
+    finally:
+        code = stop(proc)
+    assert code == 0, (tmp_path / "streaming.log").read_text()[-3000:]
+    assert_exact(store_url, feed.truth)
+    assert not flink_job_running(topic, "127.0.0.1:8081")

@@ -74,8 +74,6 @@ def test_flink_rest_ports() -> None:
     assert flink_rest_ports(PipelineSettings().flink_rest) == ("127.0.0.1", list(range(8281, 8300)))
 
 
-@pytest.mark.xfail(strict=True, reason="flink_rest_ports checks hi - lo > 100, so FIRST-LAST spanning 101 ports "
-                                       "is accepted although the message says 'at most 100 ports'")
 def test_a_range_of_101_ports_is_refused() -> None:
     with pytest.raises(SettingsError, match="at most 100 ports"):
         flink_rest_ports("h:1-101")
