@@ -61,7 +61,7 @@ class Plan:
     seed: int = 11
     spool_max_mb: float = 0.25  # spool_quota_exhausted: small enough to fill in seconds at ``rate``
     kafka_traffic_s: float = 60.0  # kafka_killed_twice: traffic long enough for two broker restarts
-    pipeline: str = "follow"  # or "streaming": one job on the Flink job server's mini-cluster
+    pipeline: str = "follow"  # "streaming": the embedded mini-cluster; "streaming-cluster": the standalone one
     pipeline_kills: int = 10  # pipeline_killed_ten_times
 
 
@@ -129,9 +129,21 @@ def jobserver_killed(system: System, traffic: Traffic, plan: Plan) -> list[float
     start it again; the driver submits the job again and it resumes from the store's offsets."""
     time.sleep(0.3 * plan.duration_s)
     services = system.services()
-    services.kill_jobserver()
+    cluster = plan.pipeline == "streaming-cluster"
+    services.kill_jobserver(cluster=cluster)
     time.sleep(2.0)
-    services.start_jobserver()
+    services.start_jobserver(cluster=cluster)
+    return [_recovered(system, traffic)]
+
+
+def taskmanager_killed(system: System, traffic: Traffic, plan: Plan) -> list[float]:
+    """Standalone cluster only: SIGKILL the TaskManager under load and start it again; Flink restarts the
+    job from its last checkpoint, and the readers position themselves from the store's offsets."""
+    time.sleep(0.3 * plan.duration_s)
+    services = system.services()
+    services.kill_taskmanager()
+    time.sleep(2.0)
+    services.start_taskmanager()
     return [_recovered(system, traffic)]
 
 
@@ -174,10 +186,13 @@ SCENARIOS: dict[str, tuple[Fault, list[str]]] = {
     "spool_quota_exhausted": (spool_quota_exhausted, ["--ack-timeout-s", "1"]),
     "hostile_flood": (hostile_flood, []),
     "jobserver_killed": (jobserver_killed, []),
+    "taskmanager_killed": (taskmanager_killed, []),
 }
 #: What breaks the pipeline itself; with --pipeline streaming only these run (the collector-side ones do not
 #: depend on how the pipeline runs). jobserver_killed needs the streaming pipeline.
 STREAMING_SCENARIOS = ("pipeline_killed_ten_times", "jobserver_killed", "kafka_killed_twice", "postgres_restarted")
+#: On the standalone cluster, the TaskManager can die on its own as well.
+CLUSTER_SCENARIOS = (*STREAMING_SCENARIOS, "taskmanager_killed")
 
 
 def _wait_for_counter(system: System, name: str, labels: str, at_least: float, timeout_s: float,
@@ -259,15 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
                         help="the local broker to use (and break) [env: APIM_KAFKA_BOOTSTRAP]")
-    parser.add_argument("--pipeline", choices=("follow", "streaming"), default="follow",
-                        help="how the pipeline runs: bounded runs in a loop, or the streaming job on Flink "
-                             "(the job server of `make services`); results go to faults-streaming.json")
+    parser.add_argument("--pipeline", choices=("follow", "streaming", "streaming-cluster"), default="follow",
+                        help="how the pipeline runs: bounded runs in a loop, the streaming job on the embedded "
+                             "Flink of `make services`, or on the standalone cluster (deploy/local/flink-cluster.sh, "
+                             "started first); results go to faults-<pipeline>.json")
     parser.add_argument("--out", type=Path, default=None, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
-    args.out = args.out or (RESULTS.with_name("faults-streaming.json") if args.pipeline == "streaming" else RESULTS)
+    args.out = args.out or (RESULTS if args.pipeline == "follow" else RESULTS.with_name(f"faults-{args.pipeline}.json"))
     plan = Plan(rate=args.rate, duration_s=args.duration, seed=args.seed, pipeline=args.pipeline)
-    names = args.only or [n for n in SCENARIOS if (n in STREAMING_SCENARIOS if args.pipeline == "streaming"
-                                                    else n != "jobserver_killed")]
+    wanted = {"follow": [n for n in SCENARIOS if n not in ("jobserver_killed", "taskmanager_killed")],
+              "streaming": list(STREAMING_SCENARIOS), "streaming-cluster": list(CLUSTER_SCENARIOS)}
+    names = args.only or wanted[args.pipeline]
     results = []
     print(f"{'scenario':<32} {'sent':>8} {'stored':>8} {'lost':>5} {'doubled':>7} {'recovery s':>14} {'wall s':>7}")
     for name in names:

@@ -135,24 +135,43 @@ class LocalServices:
     def resume_kafka(self) -> None:
         os.kill(self.kafka_pid, signal.SIGCONT)
 
-    def kill_jobserver(self) -> None:
-        """SIGKILL the Beam Flink job server, and with it the embedded Flink mini-cluster and its job."""
-        pidfile = (Path(os.environ.get("APIM_LOCAL_DIR", DEPLOY.parent.parent / ".local"))
-                   / "flink-jobserver" / "jobserver.pid")
-        pid = int(pidfile.read_text().split()[0])
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def kill_jobserver(self, cluster: bool = False) -> None:
+        """SIGKILL a Beam Flink job server: the embedded one (its Flink mini-cluster and the job die with it)
+        or the standalone cluster's (the job runs on; a new driver submission replaces it)."""
+        local = Path(os.environ.get("APIM_LOCAL_DIR", DEPLOY.parent.parent / ".local"))
+        _kill_from(local / ("flink-cluster/jobserver" if cluster else "flink-jobserver") / "jobserver.pid")
 
-    def start_jobserver(self) -> None:
-        self._script("flink-jobserver.sh", "start", {})
+    def start_jobserver(self, cluster: bool = False) -> None:
+        self._script("flink-cluster.sh" if cluster else "flink-jobserver.sh", "start", {})
+
+    def kill_taskmanager(self) -> None:
+        """SIGKILL the standalone cluster's TaskManager: the job fails over to its last checkpoint once
+        `start_taskmanager` brings the slots back."""
+        _kill_from(Path(os.environ.get("APIM_LOCAL_DIR", DEPLOY.parent.parent / ".local"))
+                   / "flink-cluster" / "taskmanager.pid")
+
+    def start_taskmanager(self) -> None:
+        self._script("flink-cluster.sh", "start", {})
 
     def restart_postgres(self) -> None:
         """pg_ctl restart -m fast: open transactions are rolled back, connections dropped."""
         if self.pg_dir is None:
             raise RuntimeError("no local PostgreSQL is running; start it with `make services`")
         self._script("postgres.sh", "restart", {"APIM_PG_DIR": str(self.pg_dir), "APIM_PG_PORT": str(self.pg_port)})
+
+
+def _kill_from(pidfile: Path) -> None:
+    pid = int(pidfile.read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+#: `pipeline run --streaming` flags for the standalone cluster of deploy/local/flink-cluster.sh.
+STANDALONE_CLUSTER = ["--job-endpoint", "127.0.0.1:8199", "--flink-rest", "127.0.0.1:8081",
+                      "--environment-type", "EXTERNAL", "--environment-config", "127.0.0.1:50000",
+                      "--parallelism", "2", "--commit-groups", "2"]
 
 
 # --- traffic ----------------------------------------------------------------------------------------
@@ -228,7 +247,8 @@ class System:
     seed: int = 7
     collector_args: list[str] = field(default_factory=list)
     pipeline_args: list[str] = field(default_factory=list)
-    #: "follow" (bounded runs in a loop) or "streaming" (one job on the Flink job server, `make services`)
+    #: "follow" (bounded runs in a loop), "streaming" (one job on the embedded Flink of `make services`'
+    #: job server) or "streaming-cluster" (on the standalone cluster of deploy/local/flink-cluster.sh)
     pipeline_mode: str = "follow"
     topic: str = field(default_factory=lambda: f"apim.usage.v1.sys-{uuid.uuid4().hex[:10]}")
     details: dict[str, object] = field(default_factory=dict)  # what a scenario observed along the way
@@ -265,8 +285,10 @@ class System:
         self.collector.wait()
 
     def start_pipeline(self) -> None:
-        mode = (["--streaming", "--commit-interval", "1", "--partition-discovery-s", "2"]
-                if self.pipeline_mode == "streaming" else ["--follow", "--interval", "0.2"])
+        mode = {"follow": ["--follow", "--interval", "0.2"],
+                "streaming": ["--streaming", "--commit-interval", "1", "--partition-discovery-s", "2"],
+                "streaming-cluster": ["--streaming", "--commit-interval", "1", "--partition-discovery-s", "2",
+                                      *STANDALONE_CLUSTER]}[self.pipeline_mode]
         cmd = [sys.executable, "-m", "apim_analytics.cli", "pipeline", "run", *mode,
                "--kafka", self.kafka, "--topic", self.topic, "--store", self.store_url,
                "--metrics-listen", self.pipeline_metrics, *self.pipeline_args]
@@ -282,7 +304,7 @@ class System:
                 raise RuntimeError(f"the pipeline exited ({self.pipeline.returncode}); see {self.workdir}/pipeline.log")
             try:
                 text = self.metrics("pipeline")
-                if self.pipeline_mode == "streaming":
+                if self.pipeline_mode.startswith("streaming"):
                     if "\napim_pipeline_streaming_job_running 1.0" in text:
                         return time.monotonic() - began
                     time.sleep(0.1)

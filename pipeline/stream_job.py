@@ -177,7 +177,6 @@ def run_streaming(settings: PipelineSettings, beam_args: list[str] | None = None
     watch: _Watch | None = None
     try:
         _with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
-        cancel_predecessors(settings)
         watch = _Watch(settings)
         backoff = 2.0
         while not stop.is_set():
@@ -206,6 +205,9 @@ def _submit_and_watch(settings: PipelineSettings, beam_args: list[str] | None, j
     """One submission: run until ``stop`` (then drain and cancel) or until the job ends; returns its end state."""
     host, ports = flink_rest_ports(settings.flink_rest)
     DRAIN.clear()
+    # a killed driver's job, or this driver's own when its job server went away while a standalone
+    # cluster kept the job running: one job per topic and store
+    cancel_predecessors(settings)
     pipeline = beam.Pipeline(options=beam_options(settings, job_name, beam_args))
     build_streaming_pipeline(pipeline, settings, settings.commit_interval_s, settings.partition_discovery_s)
     try:

@@ -8,6 +8,8 @@ fails with a message saying how to start it; it never skips silently.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,3 +88,18 @@ def topic(kafka_bootstrap: str) -> Iterator[str]:
             admin.delete_topics([name])
         finally:
             admin.close()
+
+
+@pytest.fixture(scope="session")
+def flink_cluster() -> Iterator[None]:
+    """The standalone Flink 1.19 cluster (2 slots, EXTERNAL worker pool), started for these tests and stopped
+    after them (it holds 2.5 GB; `make services` does not start it)."""
+    script = Path(__file__).resolve().parents[1] / "deploy" / "local" / "flink-cluster.sh"
+    env = os.environ | {"APIM_PYTHON": sys.executable}
+    was_up = subprocess.run([str(script), "status"], env=env, capture_output=True).returncode == 0
+    started = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        pytest.fail(f"flink-cluster.sh start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
+    yield
+    if not was_up:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=300)

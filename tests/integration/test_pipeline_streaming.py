@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,21 +45,6 @@ def job_server() -> None:
         socket.create_connection((host, int(port)), timeout=2).close()
     except OSError:
         pytest.fail(f"the Beam Flink job server at {JOB_ENDPOINT} is not reachable; start it with `make services`")
-
-
-@pytest.fixture(scope="session")
-def flink_cluster() -> Iterator[None]:
-    """The standalone Flink 1.19 cluster (2 slots, EXTERNAL worker pool), started for these tests and stopped
-    after them (it holds 2.5 GB; `make services` does not start it)."""
-    script = REPO / "deploy" / "local" / "flink-cluster.sh"
-    env = os.environ | {"APIM_PYTHON": sys.executable}
-    was_up = subprocess.run([str(script), "status"], env=env, capture_output=True).returncode == 0
-    started = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=600)
-    if started.returncode != 0:
-        pytest.fail(f"flink-cluster.sh start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
-    yield
-    if not was_up:
-        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=300)
 
 
 def start_streaming(bootstrap: str, topic: str, store_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen:

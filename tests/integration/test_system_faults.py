@@ -97,3 +97,16 @@ def test_streaming_postgres_restarted(tmp_path: Path) -> None:
 @pytest.mark.flink
 def test_streaming_kafka_killed_twice(tmp_path: Path) -> None:
     _run_streaming("kafka_killed_twice", tmp_path)
+
+
+# --- and on the standalone Flink cluster (parallelism 2, EXTERNAL workers) ---
+
+CLUSTER = Plan(rate=300.0, duration_s=10.0, seed=17, pipeline="streaming-cluster")
+
+
+@pytest.mark.flink
+def test_cluster_taskmanager_killed(tmp_path: Path, flink_cluster: None) -> None:
+    with fresh_store("postgresql", tmp_path) as url:
+        result = run_scenario("taskmanager_killed", CLUSTER, url, tmp_path, kafka=KAFKA)
+    assert result.details["sender_failures"] == 0
+    assert (result.lost, result.doubled, result.stored) == (0, 0, result.sent), result
