@@ -17,7 +17,8 @@ event-by-event freshness up to the poll interval. The streaming job commits each
 own, so there the match is close rather than exact.
 
 Also reported: the pipeline's CPU per 1,000 events and its peak RSS (in streaming mode the driver,
-whose process also runs Beam's LOOPBACK workers, and the job server JVM that hosts Flink), and the
+whose process also runs Beam's LOOPBACK workers, and Flink: the job server JVM hosting the embedded
+mini-cluster, or the standalone cluster's JobManager, TaskManager and Python worker pool), and the
 traffic source's own CPU share. Throttle counters and decisions commit in the same store transaction
 as the usage facts, so they are visible within the same figures; the run checks they are there.
 
@@ -142,12 +143,37 @@ def _rss_mb(pid: int, field: str = "VmHWM") -> float:
     return 0.0
 
 
-def _jobserver_pid() -> int | None:
+def _flink_pids(mode: str) -> list[int]:
+    """The JVMs running the job (and, on the standalone cluster, the Python worker pool with its workers)."""
     local = Path(os.environ.get("APIM_LOCAL_DIR", Path(__file__).resolve().parents[1] / ".local"))
-    try:
-        return int((local / "flink-jobserver" / "jobserver.pid").read_text().split()[0])
-    except (OSError, ValueError):
-        return None
+    files = ([local / "flink-jobserver" / "jobserver.pid"] if mode == "streaming" else
+             [local / "flink-cluster" / f"{name}.pid" for name in ("jobmanager", "taskmanager", "worker-pool")])
+    pids = []
+    for f in files:
+        try:
+            pids.append(int(f.read_text().split()[0]))
+        except (OSError, ValueError):
+            continue
+    return pids + [c for p in pids for c in _descendants(p)]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if Path(f"/proc/{pid}").exists() else ():
+        out += [int(child), *_descendants(int(child))]
+    return out
+
+
+def _cpu_of(pids: list[int]) -> float:
+    from bench.cpu import process_cpu_s
+
+    total = 0.0
+    for pid in pids:
+        try:
+            total += process_cpu_s(pid)
+        except OSError:
+            continue
+    return total
 
 
 def measure(store_url: str, workdir: Path, *, rate: float, duration_s: float, poll_s: float = 0.1,
@@ -176,7 +202,7 @@ def measure(store_url: str, workdir: Path, *, rate: float, duration_s: float, po
                 stored.append((now, n))
             stop.wait(poll_s)
 
-    jvm_pid = _jobserver_pid() if pipeline_mode == "streaming" else None
+    flink = _flink_pids(pipeline_mode) if pipeline_mode != "follow" else []
     with system:
         assert system.pipeline is not None
         Replay(system.target, warmup, rate).start().join(timeout_s=600)
@@ -185,7 +211,8 @@ def measure(store_url: str, workdir: Path, *, rate: float, duration_s: float, po
         poller = threading.Thread(target=poll, name="store-poll", daemon=True)
         poller.start()
         pipe_cpu0 = process_cpu_s(system.pipeline.pid)
-        jvm_cpu0 = process_cpu_s(jvm_pid) if jvm_pid else 0.0
+        flink = sorted(set(flink + [c for p in flink for c in _descendants(p)]))  # SDK workers started by now
+        jvm_cpu0 = _cpu_of(flink)
         own0 = own_cpu_s()
         began = time.monotonic()
         traffic = Replay(system.target, calls, rate).start()
@@ -195,10 +222,10 @@ def measure(store_url: str, workdir: Path, *, rate: float, duration_s: float, po
         system.wait_stored(total + warmup_events, timeout_s=600)
         wall_s = time.monotonic() - began
         pipe_cpu = process_cpu_s(system.pipeline.pid) - pipe_cpu0
-        jvm_cpu = (process_cpu_s(jvm_pid) - jvm_cpu0) if jvm_pid else 0.0
+        jvm_cpu = _cpu_of(flink) - jvm_cpu0
         own_cpu = own_cpu_s() - own0
         pipe_rss = _rss_mb(system.pipeline.pid)
-        jvm_rss = _rss_mb(jvm_pid, "VmRSS") if jvm_pid else 0.0
+        jvm_rss = round(sum(_rss_mb(p, "VmRSS") for p in flink if Path(f"/proc/{p}").exists()), 1)
         time.sleep(poll_s * 2)
         stop.set()
         poller.join()
@@ -220,8 +247,8 @@ def measure(store_url: str, workdir: Path, *, rate: float, duration_s: float, po
         "pipeline": pipeline_mode,
         "pipeline_cpu_s_per_1000_events": round(pipe_cpu / total * 1000, 4),
         "pipeline_cpu_share": round(pipe_cpu / wall_s, 3), "pipeline_peak_rss_mb": pipe_rss,
-        "jobserver_cpu_s_per_1000_events": round(jvm_cpu / total * 1000, 4) if jvm_pid else None,
-        "jobserver_rss_mb": jvm_rss or None,
+        "flink_cpu_s_per_1000_events": round(jvm_cpu / total * 1000, 4) if flink else None,
+        "flink_rss_mb": jvm_rss or None,
         "source_cpu_share": round(traffic.cpu_s / send_s, 3), "bench_process_cpu_share": round(own_cpu / wall_s, 3),
         "throttle_counter_rows": decisions[0], "throttle_decision_rows": decisions[1],
         "exact": outcome.exact, "lost": outcome.lost, "doubled": outcome.doubled,
@@ -251,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
                         help="the local broker [env: APIM_KAFKA_BOOTSTRAP]")
-    parser.add_argument("--pipeline", choices=("follow", "streaming"), default="follow",
-                        help="bounded runs in a loop, or the streaming job on Flink (`make services`)")
+    parser.add_argument("--pipeline", choices=("follow", "streaming", "streaming-cluster"), default="follow",
+                        help="bounded runs in a loop, the streaming job on the embedded Flink of `make services`, "
+                             "or on the standalone cluster (deploy/local/flink-cluster.sh, started first)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="apim-freshness-") as tmp:
@@ -271,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
           f"p50 {result['freshness_p50_s']} s, p99 {result['freshness_p99_s']} s, max {result['freshness_max_s']} s "
           f"; pipeline ({args.pipeline}) {result['pipeline_cpu_s_per_1000_events']} CPU-s per 1,000 events, "
           f"peak RSS {result['pipeline_peak_rss_mb']} MB"
-          + (f", job server JVM {result['jobserver_cpu_s_per_1000_events']} CPU-s per 1,000 events, "
-             f"RSS {result['jobserver_rss_mb']} MB" if result["jobserver_rss_mb"] else "")
+          + (f", Flink (JVMs, worker pool) {result['flink_cpu_s_per_1000_events']} CPU-s per 1,000 events, "
+             f"RSS {result['flink_rss_mb']} MB" if result["flink_rss_mb"] else "")
           + f"; source {result['source_cpu_share']:.1%} of a core; Mixer calls p50 {result['mixer_call_p50_ms']} ms, "
           f"p99 {result['mixer_call_p99_ms']} ms; "
           f"store {'exact' if result['exact'] else 'NOT EXACT'}")

@@ -37,7 +37,7 @@ from simulator.cli import SimulationConfig, simulate
 from simulator.ground_truth import GroundTruth
 from simulator.sender import SendReport
 from simulator.tokens import subscription_catalog_rows
-from store.engine import make_engine
+from store.engine import create_schema, make_engine
 from store.tables import usage_month
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,6 +263,10 @@ class System:
         self.pipeline_metrics = f"127.0.0.1:{_free_port()}"
         self.collector: subprocess.Popen | None = None
         self.pipeline: subprocess.Popen | None = None
+        if self.store_url.startswith("sqlite"):  # a read-only engine refuses a SQLite file that is not there yet
+            writer = make_engine(self.store_url)
+            create_schema(writer)
+            writer.dispose()
         self._engine = make_engine(self.store_url, readonly=True)
 
     def services(self) -> LocalServices:
