@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv services services-stop services-status browser demo lint test test-unit bench codegen clean
+.PHONY: venv services services-stop services-status browser flink-cluster demo lint test test-unit bench codegen clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ services-status:
 browser:
 	deploy/local/chromium.sh >/dev/null
 
+# The standalone Flink 1.19 cluster (2.5 GB) for the streaming tests on a cluster; `make test` starts it
+# beside the other set-up steps and stops it after the tests (deploy/local/flink-cluster.sh stop).
+flink-cluster: venv
+	APIM_PYTHON=$(abspath $(VPY)) deploy/local/flink-cluster.sh start >/dev/null
+
 demo: services
 	$(VENV)/bin/apim-analytics demo
 
@@ -39,8 +44,10 @@ lint: venv
 	$(VPY) -m ruff check .
 	$(VPY) -m mypy
 
-test: lint services browser
-	$(VPY) -m pytest
+# The set-up steps run side by side (lint is CPU, the services mostly wait on the JVMs and downloads).
+test: venv
+	$(MAKE) --no-print-directory -j4 lint services browser flink-cluster
+	$(VPY) -m pytest; status=$$?; deploy/local/flink-cluster.sh stop >/dev/null; exit $$status
 
 test-unit: venv
 	$(VPY) -m pytest tests/unit

@@ -205,12 +205,12 @@ def test_streaming_on_the_standalone_cluster_with_external_workers(
         kafka_bootstrap: str, topic: str, store_url: str, tmp_path: Path, flink_cluster: None) -> None:
     """The same job on a standalone Flink cluster at parallelism 2, its Python workers in the EXTERNAL worker
     pool (the Kubernetes pattern): a backlog and live traffic, exact; SIGTERM cancels it through the REST API."""
-    feed = produce(kafka_bootstrap, topic, seed=61, rate=40, duration_s=20)
+    feed = produce(kafka_bootstrap, topic, seed=61, rate=40, duration_s=10)
     proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path, *CLUSTER)
     try:
         wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), timeout_s=180)
         assert flink_job_running(topic, "127.0.0.1:8081")
-        produce(kafka_bootstrap, topic, seed=62, rate=40, duration_s=10, feed=feed,
+        produce(kafka_bootstrap, topic, seed=62, rate=40, duration_s=5, feed=feed,
                 start_ms=int(time.time() * 1000) - 30 * 60_000)
         wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic))
     finally:
