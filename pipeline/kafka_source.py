@@ -3,10 +3,10 @@
 Beam's ``ReadFromKafka`` needs Java and a Java SDK harness (docs/kafka-and-beam.md section 1);
 this source needs neither. The driver fixes each run's bounds before anything
 is read (:func:`waiting_ranges`, :func:`share_budget`), so a retried run reads exactly the same records,
-and :class:`ReadUsageEvents` reads one ``[start, end)`` range per element with
-kafka-python, decodes the records into numpy chunks (pipeline/decode.py) and
-emits each chunk pre-aggregated (pipeline/aggregate.py): a Beam element is a
-few small frames, never an event.
+and :class:`ReadRanges` reads one ``[start, end)`` range per element with
+kafka-python (or confluent-kafka) and emits the records a fetch returned as one
+:class:`~pipeline.elements.RecordBatch`: a Beam element is a fetch, never an event.
+Decoding and aggregation follow in pipeline.transforms, without I/O.
 
 The Kafka clients' errors are translated where they are called (constructing a
 consumer, fetching) into :mod:`core.kafka_errors` types naming the bootstrap
