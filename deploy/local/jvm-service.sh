@@ -18,10 +18,22 @@ need_java() {
 
 # Copy a pom's runtime jars from Maven Central into $2, unless $2 already matches the pom.
 # $1 pom  $2 libs folder  $3 work folder (temp copy, mvn.log)  $4 jar glob that must arrive  $5 what
+# Two services may share one libs folder (the embedded job server and the cluster's) and start side by
+# side (`make test`): the check and the copy happen under a lock next to the folder.
 fetch_jars() {
     local pom="$1" libs="$2" work="$3" marker="$4" what="$5"
-    local stamp="$libs.sha256" want
+    local stamp="$libs.sha256" want lockfd rc=0
     want="$(sha256sum "$pom" | cut -d' ' -f1)"
+    mkdir -p "$(dirname "$libs")" "$work"
+    exec {lockfd}>"$libs.lock"
+    flock -w 900 "$lockfd" || die "another start holds $libs.lock for over 900 s"
+    _fetch_jars_locked "$pom" "$libs" "$work" "$marker" "$what" "$stamp" "$want" || rc=$?
+    exec {lockfd}>&-
+    return "$rc"
+}
+
+_fetch_jars_locked() {
+    local pom="$1" libs="$2" work="$3" marker="$4" what="$5" stamp="$6" want="$7"
     if [[ -d "$libs" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && compgen -G "$libs/$marker" >/dev/null; then
         return 0
     fi
