@@ -61,6 +61,7 @@ class Plan:
     seed: int = 11
     spool_max_mb: float = 0.25  # spool_quota_exhausted: small enough to fill in seconds at ``rate``
     kafka_traffic_s: float = 60.0  # kafka_killed_twice: traffic long enough for two broker restarts
+    kafka_kills: int = 2  # kafka_killed_twice: how many times (the test suite's streaming run kills once)
     pipeline: str = "follow"  # "streaming": the embedded mini-cluster; "streaming-cluster": the standalone one
     pipeline_kills: int = 10  # pipeline_killed_ten_times
 
@@ -79,7 +80,7 @@ def kafka_killed_twice(system: System, traffic: Traffic, plan: Plan) -> list[flo
     """
     services, under_load, restarts = system.services(), 0, []
     time.sleep(0.05 * plan.duration_s)
-    for _ in range(2):
+    for _ in range(plan.kafka_kills):
         under_load += traffic.running
         services.kill_kafka()
         time.sleep(1.0)

@@ -67,7 +67,8 @@ def test_hostile_flood_mixed_into_real_traffic(tmp_path: Path) -> None:
 
 # --- issue 12: the same faults with the streaming job on Flink (the job server's embedded mini-cluster) ---
 
-STREAMING = Plan(rate=300.0, duration_s=10.0, seed=13, kafka_traffic_s=20.0, pipeline="streaming", pipeline_kills=3)
+STREAMING = Plan(rate=300.0, duration_s=10.0, seed=13, kafka_traffic_s=15.0, pipeline="streaming", pipeline_kills=3,
+                 kafka_kills=1)
 
 
 def _run_streaming(name: str, tmp_path: Path):
@@ -95,7 +96,7 @@ def test_streaming_postgres_restarted(tmp_path: Path) -> None:
 
 
 @pytest.mark.flink
-def test_streaming_kafka_killed_twice(tmp_path: Path) -> None:
+def test_streaming_kafka_killed_and_restarted(tmp_path: Path) -> None:
     _run_streaming("kafka_killed_twice", tmp_path)
 
 
