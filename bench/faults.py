@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             url, drop = _store_url(args.store, Path(tmp), name)
             try:
                 r = run_scenario(name, plan, url, Path(tmp), kafka=args.kafka)
+            except (TimeoutError, RuntimeError) as exc:  # the store never caught up: a failed scenario, not a crash
+                r = ScenarioResult(name, 0, 0, 0, 0, [], 0.0, {"error": str(exc)[:300]})
+                r.sent = -1  # never exact
             finally:
                 drop()
         results.append(r)
