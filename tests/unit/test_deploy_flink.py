@@ -9,7 +9,6 @@ loader. No cluster and no kubectl needed.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 import shlex
@@ -24,6 +23,7 @@ import yaml
 from apim_analytics.cli import build_parser
 from core.settings import resolve
 from pipeline.settings import PipelineSettings
+from tests.support.manifests import Doc, load_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -65,32 +65,9 @@ PER_SITE_KEYS = {
 # ---------------------------------------------------------------- loading
 
 
-@dataclasses.dataclass(frozen=True)
-class Doc:
-    path: Path
-    body: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return self.body["kind"]
-
-    @property
-    def name(self) -> str:
-        return self.body["metadata"]["name"]
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return self.body.get("spec") or {}
-
-
 @functools.cache
 def docs() -> tuple[Doc, ...]:
-    found = []
-    for path in sorted(FLINK_DIR.glob("*.y*ml")):
-        for body in yaml.safe_load_all(path.read_text()):
-            if body is not None:
-                found.append(Doc(path, body))
-    return tuple(found)
+    return load_docs(sorted(FLINK_DIR.glob("*.y*ml")))
 
 
 def resources() -> list[Doc]:

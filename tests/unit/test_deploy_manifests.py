@@ -22,6 +22,7 @@ from collector import mapping
 from collector.settings import CollectorSettings
 from core.settings import resolve
 from schemas.mixer.template.metric import template_handler_service_pb2 as metric_pb2
+from tests.support.manifests import Doc, load_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -81,28 +82,6 @@ ISTIO_DIMENSIONS = {
 # ---------------------------------------------------------------- loading
 
 
-@dataclasses.dataclass(frozen=True)
-class Doc:
-    path: Path
-    body: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return self.body["kind"]
-
-    @property
-    def name(self) -> str:
-        return self.body["metadata"]["name"]
-
-    @property
-    def namespace(self) -> str | None:
-        return self.body["metadata"].get("namespace")
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return self.body.get("spec") or {}
-
-
 def _yaml_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
                   and not any(d in p.parents for d in SEPARATE_DIRS))
@@ -110,12 +89,7 @@ def _yaml_files(root: Path) -> list[Path]:
 
 @functools.cache
 def _docs(root: Path) -> tuple[Doc, ...]:
-    docs = []
-    for path in _yaml_files(root):
-        for body in yaml.safe_load_all(path.read_text()):
-            if body is not None:
-                docs.append(Doc(path, body))
-    return tuple(docs)
+    return load_docs(_yaml_files(root))
 
 
 def k8s_docs() -> tuple[Doc, ...]:

@@ -8,7 +8,6 @@ the CLI's own parser. No cluster and no kubectl needed.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import shlex
 from pathlib import Path
@@ -22,6 +21,7 @@ from apim_analytics.cli import build_parser
 from core.settings import resolve
 from pipeline.settings import PipelineSettings
 from store.retention import RetentionSettings
+from tests.support.manifests import Doc, load_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -38,32 +38,9 @@ SELECTOR = {"app.kubernetes.io/name": "istio-apim-analytics", "app.kubernetes.io
 # ---------------------------------------------------------------- loading
 
 
-@dataclasses.dataclass(frozen=True)
-class Doc:
-    path: Path
-    body: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return self.body["kind"]
-
-    @property
-    def name(self) -> str:
-        return self.body["metadata"]["name"]
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return self.body.get("spec") or {}
-
-
 @functools.cache
 def docs() -> tuple[Doc, ...]:
-    found = []
-    for path in sorted(PIPELINE_DIR.glob("*.y*ml")):
-        for body in yaml.safe_load_all(path.read_text()):
-            if body is not None:
-                found.append(Doc(path, body))
-    return tuple(found)
+    return load_docs(sorted(PIPELINE_DIR.glob("*.y*ml")))
 
 
 def resources() -> list[Doc]:
