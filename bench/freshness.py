@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from bench.faults import _store_url
-from bench.harness import System
+from bench.harness import System, local_dir
+from bench.memory import descendants, status_kb
 
 RESULTS = Path(__file__).resolve().parent / "results" / "freshness.json"
 
@@ -137,15 +138,13 @@ def build_replay(seed: int, rate: float, duration_s: float, batch: int = 100):
 
 
 def _rss_mb(pid: int, field: str = "VmHWM") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    return round(status_kb(pid, field).get(field, 0) / 1024, 1)
 
 
 def _flink_pids(mode: str) -> list[int]:
-    """The JVMs running the job (and, on the standalone cluster, the Python worker pool with its workers)."""
-    local = Path(os.environ.get("APIM_LOCAL_DIR", Path(__file__).resolve().parents[1] / ".local"))
+    """The JVMs running the job (and, on the standalone cluster, the Python worker pool; its SDK workers are
+    its descendants)."""
+    local = local_dir()
     files = ([local / "flink-jobserver" / "jobserver.pid"] if mode == "streaming" else
              [local / "flink-cluster" / f"{name}.pid" for name in ("jobmanager", "taskmanager", "worker-pool")])
     pids = []
@@ -154,14 +153,7 @@ def _flink_pids(mode: str) -> list[int]:
             pids.append(int(f.read_text().split()[0]))
         except (OSError, ValueError):
             continue
-    return pids + [c for p in pids for c in _descendants(p)]
-
-
-def _descendants(pid: int) -> list[int]:
-    out = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if Path(f"/proc/{pid}").exists() else ():
-        out += [int(child), *_descendants(int(child))]
-    return out
+    return pids
 
 
 def _cpu_of(pids: list[int]) -> float:
@@ -211,7 +203,7 @@ def measure(store_url: str, workdir: Path, *, rate: float, duration_s: float, po
         poller = threading.Thread(target=poll, name="store-poll", daemon=True)
         poller.start()
         pipe_cpu0 = process_cpu_s(system.pipeline.pid)
-        flink = sorted(set(flink + [c for p in flink for c in _descendants(p)]))  # SDK workers started by now
+        flink = sorted(set(flink + [c for p in flink for c in descendants(p)]))  # SDK workers started by now
         jvm_cpu0 = _cpu_of(flink)
         own0 = own_cpu_s()
         began = time.monotonic()
@@ -225,7 +217,7 @@ def measure(store_url: str, workdir: Path, *, rate: float, duration_s: float, po
         jvm_cpu = _cpu_of(flink) - jvm_cpu0
         own_cpu = own_cpu_s() - own0
         pipe_rss = _rss_mb(system.pipeline.pid)
-        jvm_rss = round(sum(_rss_mb(p, "VmRSS") for p in flink if Path(f"/proc/{p}").exists()), 1)
+        jvm_rss = round(sum(_rss_mb(p, "VmRSS") for p in flink), 1)
         time.sleep(poll_s * 2)
         stop.set()
         poller.join()

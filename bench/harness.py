@@ -118,10 +118,7 @@ class LocalServices:
 
     def kill_kafka(self) -> None:
         """SIGKILL the broker: no clean shutdown, as when its node dies."""
-        os.kill(self.kafka_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{self.kafka_pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _kill(self.kafka_pid)
 
     def start_kafka(self) -> None:
         """Start the same broker again (same state folder, same topics) and wait until it answers."""
@@ -138,8 +135,7 @@ class LocalServices:
     def kill_jobserver(self, cluster: bool = False) -> None:
         """SIGKILL a Beam Flink job server: the embedded one (its Flink mini-cluster and the job die with it)
         or the standalone cluster's (the job runs on; a new driver submission replaces it)."""
-        local = Path(os.environ.get("APIM_LOCAL_DIR", DEPLOY.parent.parent / ".local"))
-        _kill_from(local / ("flink-cluster/jobserver" if cluster else "flink-jobserver") / "jobserver.pid")
+        _kill_from(local_dir() / ("flink-cluster/jobserver" if cluster else "flink-jobserver") / "jobserver.pid")
 
     def start_jobserver(self, cluster: bool = False) -> None:
         self._script("flink-cluster.sh" if cluster else "flink-jobserver.sh", "start", {})
@@ -147,8 +143,7 @@ class LocalServices:
     def kill_taskmanager(self) -> None:
         """SIGKILL the standalone cluster's TaskManager: the job fails over to its last checkpoint once
         `start_taskmanager` brings the slots back."""
-        _kill_from(Path(os.environ.get("APIM_LOCAL_DIR", DEPLOY.parent.parent / ".local"))
-                   / "flink-cluster" / "taskmanager.pid")
+        _kill_from(local_dir() / "flink-cluster" / "taskmanager.pid")
 
     def start_taskmanager(self) -> None:
         self._script("flink-cluster.sh", "start", {})
@@ -160,8 +155,17 @@ class LocalServices:
         self._script("postgres.sh", "restart", {"APIM_PG_DIR": str(self.pg_dir), "APIM_PG_PORT": str(self.pg_port)})
 
 
+def local_dir() -> Path:
+    """The services' state root, as deploy/local's scripts resolve it."""
+    return Path(os.environ.get("APIM_LOCAL_DIR", DEPLOY.parent.parent / ".local"))
+
+
 def _kill_from(pidfile: Path) -> None:
-    pid = int(pidfile.read_text().split()[0])
+    _kill(int(pidfile.read_text().split()[0]))
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL ``pid`` and wait (up to 30 s) until it is gone."""
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:

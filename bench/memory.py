@@ -64,7 +64,7 @@ FLAT_SLACK_MB, FLAT_SLACK_RATIO = 16.0, 0.10
 
 # -- sampling /proc ----------------------------------------------------------------------------------------------
 
-def _status_kb(pid: int, *fields: str) -> dict[str, int]:
+def status_kb(pid: int, *fields: str) -> dict[str, int]:
     """``VmRSS``/``VmHWM``… of a process in kB (absent fields, or a process gone: not in the result)."""
     out: dict[str, int] = {}
     try:
@@ -126,13 +126,13 @@ class RssSampler:
 
     def sample(self) -> Sample | None:
         """One sample now (``None`` once the process is gone)."""
-        main = _status_kb(self.pid, "VmRSS", "VmHWM")
+        main = status_kb(self.pid, "VmRSS", "VmHWM")
         if "VmRSS" not in main:
             return None
         rss, n = main["VmRSS"], 1
         self.hwm_kb = max(self.hwm_kb, main.get("VmHWM", 0))
         for child in descendants(self.pid):
-            got = _status_kb(child, "VmRSS", "VmHWM")
+            got = status_kb(child, "VmRSS", "VmHWM")
             if "VmRSS" in got:
                 rss += got["VmRSS"]
                 n += 1

@@ -38,22 +38,8 @@ def _call(url: str, method: str = "GET", timeout_s: float = 3.0) -> dict:
     return json.loads(body) if body else {}
 
 
-def find_job(host: str, ports: list[int], name: str) -> FlinkJob | None:
-    """The newest job called ``name`` on any of the REST ports (the embedded mini-cluster's port varies)."""
-    found: list[tuple[int, FlinkJob]] = []
-    for port in ports:
-        base = f"http://{host}:{port}"
-        try:
-            jobs = _call(f"{base}/jobs/overview", timeout_s=3.0).get("jobs", [])
-        except (OSError, ValueError, urllib.error.URLError):
-            continue
-        found += [(int(j.get("start-time", 0)), FlinkJob(base, j["jid"], j["name"], j["state"]))
-                  for j in jobs if j.get("name") == name]
-    return max(found, key=lambda f: f[0])[1] if found else None
-
-
-def running_jobs(host: str, ports: list[int], name_prefix: str) -> list[FlinkJob]:
-    """Jobs not yet ended whose name starts with ``name_prefix``, on any of the REST ports."""
+def _jobs(host: str, ports: list[int]) -> list[tuple[int, FlinkJob]]:
+    """(start time, job) of every job Flink knows on any of the REST ports (a port not answering has none)."""
     found = []
     for port in ports:
         base = f"http://{host}:{port}"
@@ -61,9 +47,21 @@ def running_jobs(host: str, ports: list[int], name_prefix: str) -> list[FlinkJob
             jobs = _call(f"{base}/jobs/overview", timeout_s=3.0).get("jobs", [])
         except (OSError, ValueError, urllib.error.URLError):
             continue
-        found += [FlinkJob(base, j["jid"], j["name"], j["state"]) for j in jobs
-                  if str(j.get("name", "")).startswith(name_prefix) and j.get("state") not in TERMINAL_STATES]
+        found += [(int(j.get("start-time", 0)), FlinkJob(base, j["jid"], str(j.get("name", "")), j["state"]))
+                  for j in jobs]
     return found
+
+
+def find_job(host: str, ports: list[int], name: str) -> FlinkJob | None:
+    """The newest job called ``name`` on any of the REST ports (the embedded mini-cluster's port varies)."""
+    named = [(started, job) for started, job in _jobs(host, ports) if job.name == name]
+    return max(named, key=lambda f: f[0])[1] if named else None
+
+
+def running_jobs(host: str, ports: list[int], name_prefix: str) -> list[FlinkJob]:
+    """Jobs not yet ended whose name starts with ``name_prefix``, on any of the REST ports."""
+    return [job for _, job in _jobs(host, ports)
+            if job.name.startswith(name_prefix) and job.state not in TERMINAL_STATES]
 
 
 def job_state(job: FlinkJob) -> str:

@@ -98,16 +98,9 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 9
 
 
 def flink_job_running(topic: str, rest: str = FLINK_REST) -> bool:
+    """Whether a streaming job of ``topic`` is on Flink and not ended."""
     host, ports = flink_rest_ports(rest)
-    for port in ports:
-        try:
-            overview = flink_rest._call(f"http://{host}:{port}/jobs/overview", timeout_s=5.0)
-        except Exception:  # noqa: BLE001 - no mini-cluster on that port
-            continue
-        safe = topic.replace(".", "-")
-        if any(safe in j["name"] and j["state"] not in flink_rest.TERMINAL_STATES for j in overview["jobs"]):
-            return True
-    return False
+    return bool(flink_rest.running_jobs(host, ports, f"apim-usage-{topic.replace('.', '-')}-"))
 
 
 def test_streaming_counts_exactly_while_traffic_flows_and_sigterm_drains(

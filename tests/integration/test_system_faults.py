@@ -17,12 +17,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.postgres]
 PLAN = Plan(rate=300.0, duration_s=10.0, seed=11, spool_max_mb=0.03, kafka_traffic_s=45.0)
 
 
-def _run(name: str, tmp_path: Path):
+def _run(name: str, tmp_path: Path, plan: Plan = PLAN):
     with fresh_store("postgresql", tmp_path) as url:
-        result = run_scenario(name, PLAN, url, tmp_path, kafka=KAFKA)
+        result = run_scenario(name, plan, url, tmp_path, kafka=KAFKA)
     # every generated request was accepted in the end (Mixer retries), and stored once
     assert result.details["sender_failures"] == 0
-    assert result.sent == result.details["generated"] >= PLAN.rate * PLAN.duration_s * 0.8
+    assert result.sent == result.details["generated"] >= plan.rate * plan.duration_s * 0.8
     assert (result.lost, result.doubled, result.stored) == (0, 0, result.sent), result
     return result
 
@@ -71,15 +71,6 @@ STREAMING = Plan(rate=300.0, duration_s=10.0, seed=13, kafka_traffic_s=15.0, pip
                  kafka_kills=1)
 
 
-def _run_streaming(name: str, tmp_path: Path):
-    with fresh_store("postgresql", tmp_path) as url:
-        result = run_scenario(name, STREAMING, url, tmp_path, kafka=KAFKA)
-    assert result.details["sender_failures"] == 0
-    assert result.sent == result.details["generated"] >= STREAMING.rate * STREAMING.duration_s * 0.8
-    assert (result.lost, result.doubled, result.stored) == (0, 0, result.sent), result
-    return result
-
-
 # The streaming driver SIGKILLed mid-flow: tests/integration/test_pipeline_streaming.py
 # (test_once_and_streaming_take_turns_and_a_sigkill_loses_nothing); bench.faults --pipeline streaming
 # kills it ten times.
@@ -87,17 +78,17 @@ def _run_streaming(name: str, tmp_path: Path):
 
 @pytest.mark.flink
 def test_streaming_job_server_killed(tmp_path: Path) -> None:
-    _run_streaming("jobserver_killed", tmp_path)
+    _run("jobserver_killed", tmp_path, STREAMING)
 
 
 @pytest.mark.flink
 def test_streaming_postgres_restarted(tmp_path: Path) -> None:
-    _run_streaming("postgres_restarted", tmp_path)
+    _run("postgres_restarted", tmp_path, STREAMING)
 
 
 @pytest.mark.flink
 def test_streaming_kafka_killed_and_restarted(tmp_path: Path) -> None:
-    _run_streaming("kafka_killed_twice", tmp_path)
+    _run("kafka_killed_twice", tmp_path, STREAMING)
 
 
 # --- and on the standalone Flink cluster (parallelism 2, EXTERNAL workers) ---
@@ -107,7 +98,4 @@ CLUSTER = Plan(rate=300.0, duration_s=10.0, seed=17, pipeline="streaming-cluster
 
 @pytest.mark.flink
 def test_cluster_taskmanager_killed(tmp_path: Path, flink_cluster: None) -> None:
-    with fresh_store("postgresql", tmp_path) as url:
-        result = run_scenario("taskmanager_killed", CLUSTER, url, tmp_path, kafka=KAFKA)
-    assert result.details["sender_failures"] == 0
-    assert (result.lost, result.doubled, result.stored) == (0, 0, result.sent), result
+    _run("taskmanager_killed", tmp_path, CLUSTER)
