@@ -169,16 +169,25 @@ def commit_run(engine: Engine, plan: Sequence[OffsetRange], facts: RunFacts,
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with engine.begin() as conn:
         _lock_and_check(conn, plan)
-        written = write_facts(conn, facts, now=now, near_limit_ratio=near_limit_ratio)
-        _remember_calls(conn, new_calls, now, dedup_horizon_s)
-        offset_rows = [{"topic": r.topic, "partition": r.partition, "next_offset": r.end, "updated_at": now}
-                       for r in plan]
-        replace_upsert(conn, t.source_offsets, offset_rows, key=("topic", "partition"))
-        replace_upsert(conn, t.pipeline_runs, [{
-            "run_id": run_id(plan), "topic": plan[0].topic if plan else "", "committed_at": now,
-            "records": counts.records, "events": facts.events, "duplicates": counts.duplicates,
-            "dead_letters": counts.dead_letters, "folded_requests": facts.folded_requests, "fact_rows": written,
-        }], key=("run_id",))
+        return _land(conn, plan, facts, new_calls, counts, now=now, dedup_horizon_s=dedup_horizon_s,
+                     near_limit_ratio=near_limit_ratio)
+
+
+def _land(conn: Connection, plan: Sequence[OffsetRange], facts: RunFacts,
+          new_calls: Iterable[tuple[str, int, str, int]], counts: RunCounts, *, now: dt.datetime,
+          dedup_horizon_s: float, near_limit_ratio: float) -> int:
+    """Steps 3-5 of the protocol, once the guard has passed: facts, counted calls, the plan's offsets and
+    the run log, in the caller's transaction. Returns the fact rows upserted."""
+    written = write_facts(conn, facts, now=now, near_limit_ratio=near_limit_ratio)
+    _remember_calls(conn, new_calls, now, dedup_horizon_s)
+    offset_rows = [{"topic": r.topic, "partition": r.partition, "next_offset": r.end, "updated_at": now}
+                   for r in sorted(plan)]
+    replace_upsert(conn, t.source_offsets, offset_rows, key=("topic", "partition"))
+    replace_upsert(conn, t.pipeline_runs, [{
+        "run_id": run_id(plan), "topic": plan[0].topic if plan else "", "committed_at": now,
+        "records": counts.records, "events": facts.events, "duplicates": counts.duplicates,
+        "dead_letters": counts.dead_letters, "folded_requests": facts.folded_requests, "fact_rows": written,
+    }], key=("run_id",))
     return written
 
 
@@ -248,18 +257,11 @@ def commit_chunks(engine: Engine, runs: Sequence[Sequence[ChunkSummary]], *, max
             partials.append(aggregate_chunks(decoded))
         facts = finish(merge(partials) if partials else empty_partial(), admitted_resources(conn),
                        max_resources_per_api)
-        written = write_facts(conn, facts, now=now, near_limit_ratio=near_limit_ratio)
-        _remember_calls(conn, [call for c in accepted for call in c.new_calls], now, dedup_horizon_s)
-        replace_upsert(conn, so, [{"topic": topic, "partition": c.partition, "next_offset": c.end,
-                                   "updated_at": now} for c in sorted(accepted, key=lambda c: c.partition)],
-                       key=("topic", "partition"))
-        plan = [OffsetRange(topic, c.partition, c.start, c.end) for c in accepted]
-        replace_upsert(conn, t.pipeline_runs, [{
-            "run_id": run_id(plan), "topic": topic, "committed_at": now,
-            "records": sum(c.records for c in accepted), "events": facts.events,
-            "duplicates": sum(c.duplicates for c in accepted), "dead_letters": sum(c.dead_letters for c in accepted),
-            "folded_requests": facts.folded_requests, "fact_rows": written,
-        }], key=("run_id",))
+        _land(conn, [OffsetRange(topic, c.partition, c.start, c.end) for c in accepted], facts,
+              [call for c in accepted for call in c.new_calls],
+              RunCounts(records=sum(c.records for c in accepted), duplicates=sum(c.duplicates for c in accepted),
+                        dead_letters=sum(c.dead_letters for c in accepted)),
+              now=now, dedup_horizon_s=dedup_horizon_s, near_limit_ratio=near_limit_ratio)
     return outcomes
 
 

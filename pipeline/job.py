@@ -320,7 +320,7 @@ def run(settings: PipelineSettings, beam_args: list[str] | None = None, stop: th
     _Planner.enabled = True
     pool_readers(True)
     try:
-        _with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
+        with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
         _loop(settings, beam_args, stop, retention, health, results)
     finally:
         _Planner.enabled = False
@@ -336,7 +336,7 @@ def _loop(settings: PipelineSettings, beam_args: list[str] | None, stop: threadi
           retention: RetentionSettings, health: metrics.Health, results: list[RunResult]) -> None:
     runs = 0
     while not stop.is_set():
-        result = _with_retries(lambda: _observed_run(settings, beam_args, health), settings, stop, "pipeline run")
+        result = with_retries(lambda: _observed_run(settings, beam_args, health), settings, stop, "pipeline run")
         if result is not None:
             results.append(result)
             runs += 1
@@ -401,10 +401,12 @@ def runner_error(exc: BaseException) -> ApimError | None:
     return None
 
 
-def _with_retries(step, settings: PipelineSettings, stop: threading.Event, what: str):
-    """Run ``step``; retry it after a backoff only when its error is retriable (forever in follow
-    mode, ONCE_ATTEMPTS attempts in all in once mode). Any other error is logged and raised: it is
-    a defect or needs a person (bad input, a store not migrated), and retrying would hide it."""
+def with_retries(step, settings: PipelineSettings, stop: threading.Event, what: str):
+    """Run ``step``; retry it after a backoff only when its error is retriable (forever when the process
+    keeps running, in follow and streaming mode; ONCE_ATTEMPTS attempts in all in once mode). Any other
+    error is logged and raised: it is a defect or needs a person (bad input, a store not migrated), and
+    retrying would hide it."""
+    keeps_running = settings.follow or settings.streaming
     attempt = 0
     while True:
         attempt += 1
@@ -418,9 +420,9 @@ def _with_retries(step, settings: PipelineSettings, stop: threading.Event, what:
             if not ours.retriable:
                 log.error("%s failed; not retriable, stopping", what, extra={"error": ours.one_line()[:500]})
                 raise
-            if (not settings.follow and attempt >= ONCE_ATTEMPTS) or stop.is_set():
+            if (not keeps_running and attempt >= ONCE_ATTEMPTS) or stop.is_set():
                 raise
-            if settings.follow:
+            if keeps_running:
                 delay = min(30.0, settings.interval_s * 2 ** min(attempt, 4))
             else:
                 delay = ONCE_BACKOFF_S * 2 ** (attempt - 1)

@@ -40,7 +40,7 @@ from sqlalchemy import Engine, func, select
 from core.errors import ApimError
 from pipeline import flink_rest, metrics
 from pipeline.commit import stored_offsets
-from pipeline.job import _with_retries, prepare_store
+from pipeline.job import prepare_store, with_retries
 from pipeline.kafka_source import BOOTSTRAP_TIMEOUT_MS
 from pipeline.settings import PipelineSettings, flink_rest_ports
 from pipeline.streaming import DRAIN, READ_POSITIONS, build_streaming_pipeline
@@ -176,7 +176,7 @@ def run_streaming(settings: PipelineSettings, beam_args: list[str] | None = None
     submissions = 0
     watch: _Watch | None = None
     try:
-        _with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
+        with_retries(lambda: prepare_store(settings), settings, stop, "preparing the store")
         watch = _Watch(settings)
         backoff = 2.0
         while not stop.is_set():

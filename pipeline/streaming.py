@@ -274,9 +274,9 @@ class Committed:
 
 
 class CommitChunks(beam.DoFn):
-    """(partition key, ChunkSummary | DeadLettersWritten) -> one store transaction per due run of chunks.
+    """(commit group key, ChunkSummary | DeadLettersWritten) -> one store transaction per due set of chunks.
 
-    State per partition: the chunks read but not yet committed, the dead-letter
+    State per commit group (KeyByCommitGroup): the chunks read but not yet committed, the dead-letter
     acknowledgements, and when the oldest chunk arrived. Chunks are due once
     the oldest has waited ``commit_interval_s`` (or at once when draining, or
     when they hold ``max_pending_events``). A store that is away is retried

@@ -174,10 +174,10 @@ def test_publisher_send_without_producer_or_ack_is_kafka_unavailable() -> None:
 
 # --- the pipeline's follow loop ----------------------------------------------------------------------
 
-def _settings(follow: bool):
+def _settings(follow: bool = False, streaming: bool = False):
     from pipeline.settings import PipelineSettings
 
-    return PipelineSettings(follow=follow, interval_s=0.001)
+    return PipelineSettings(follow=follow, streaming=streaming, interval_s=0.001)
 
 
 class _Steps:
@@ -200,7 +200,7 @@ def test_follow_loop_retries_retriable_errors_until_success(monkeypatch: pytest.
     from store.errors import StoreUnavailable
 
     step = _Steps(KafkaUnavailable("away"), StoreUnavailable("away"), ConcurrentRunError("moved"))
-    assert job._with_retries(step, _settings(follow=True), threading.Event(), "run") == "done"
+    assert job.with_retries(step, _settings(follow=True), threading.Event(), "run") == "done"
     assert step.attempts == 4
 
 
@@ -213,7 +213,7 @@ def test_follow_loop_stops_on_the_first_non_retriable_error(error: BaseException
         error.__context__ = KafkaUnavailable("away")
     step = _Steps(error, KafkaUnavailable("never reached"))
     with pytest.raises(type(error)):
-        job._with_retries(step, _settings(follow=True), threading.Event(), "run")
+        job.with_retries(step, _settings(follow=True), threading.Event(), "run")
     assert step.attempts == 1
 
 
@@ -226,7 +226,7 @@ def test_once_mode_makes_three_attempts_at_a_retriable_error() -> None:
     job.ONCE_BACKOFF_S = 0.001
     try:
         with pytest.raises(KafkaUnavailable, match="away 2"):
-            job._with_retries(step, job_once, threading.Event(), "run")
+            job.with_retries(step, job_once, threading.Event(), "run")
     finally:
         job.ONCE_BACKOFF_S = original
     assert step.attempts == job.ONCE_ATTEMPTS == 3
@@ -289,3 +289,12 @@ def test_simulator_unreachable_collector_is_one_retriable_error() -> None:
     with pytest.raises(CollectorUnavailable, match=expected) as info:
         send([HandleMetricRequest(dedup_id="1"), HandleMetricRequest(dedup_id="2")], settings)
     assert info.value.retriable and info.value.code == "UNAVAILABLE" and "APIM_SIM_TARGET" in info.value.hint
+
+
+def test_streaming_driver_retries_a_retriable_error_beyond_the_once_attempts() -> None:
+    """The streaming driver keeps running like follow mode: a store away at start is waited for."""
+    from pipeline import job
+
+    step = _Steps(*(KafkaUnavailable(f"away {i}") for i in range(job.ONCE_ATTEMPTS + 1)))
+    assert job.with_retries(step, _settings(streaming=True), threading.Event(), "run") == "done"
+    assert step.attempts == job.ONCE_ATTEMPTS + 2
