@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import System, Traffic
+from bench.harness import System, Traffic, cancel_cluster_jobs
 from bench.hostile import flood
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
@@ -126,15 +126,18 @@ def postgres_restarted(system: System, traffic: Traffic, plan: Plan) -> list[flo
 
 
 def jobserver_killed(system: System, traffic: Traffic, plan: Plan) -> list[float]:
-    """Streaming only: SIGKILL the Beam Flink job server (its embedded Flink and the job die with it),
-    start it again; the driver submits the job again and it resumes from the store's offsets."""
+    """Streaming only: SIGKILL the Beam Flink job server and start it again. The embedded mini-cluster and
+    its job die with it: the driver submits the job again and it resumes from the store's offsets. On the
+    standalone cluster the job runs on: the driver watches it through Flink's REST API and submits nothing."""
     time.sleep(0.3 * plan.duration_s)
     services = system.services()
     cluster = plan.pipeline == "streaming-cluster"
     services.kill_jobserver(cluster=cluster)
     time.sleep(2.0)
     services.start_jobserver(cluster=cluster)
-    return [_recovered(system, traffic)]
+    recovered = _recovered(system, traffic)
+    system.details["job_submissions"] = system.pipeline_log().count('"msg":"streaming job submitted"')
+    return [recovered]
 
 
 def taskmanager_killed(system: System, traffic: Traffic, plan: Plan) -> list[float]:
@@ -225,6 +228,8 @@ def run_scenario(name: str, plan: Plan, store_url: str, workdir: Path, kafka: st
     if name == "spool_quota_exhausted":
         collector_args = [*collector_args, "--spool-max-mb", str(plan.spool_max_mb)]
     began = time.monotonic()
+    if plan.pipeline == "streaming-cluster":
+        cancel_cluster_jobs()
     system = System(workdir, store_url, kafka=kafka, collector_args=collector_args, seed=plan.seed,
                     pipeline_mode=plan.pipeline)
     with system:

@@ -178,6 +178,17 @@ STANDALONE_CLUSTER = ["--job-endpoint", "127.0.0.1:8199", "--flink-rest", "127.0
                       "--parallelism", "2", "--commit-groups", "2"]
 
 
+def cancel_cluster_jobs() -> int:
+    """Cancel every job still on the standalone cluster (left by a failed scenario or test): one holds both
+    slots, and the next job would wait for them forever. Returns how many there were."""
+    from pipeline import flink_rest
+
+    left = flink_rest.running_jobs("127.0.0.1", [8081], "")
+    for job in left:
+        flink_rest.cancel(job)
+    return len(left)
+
+
 # --- traffic ----------------------------------------------------------------------------------------
 
 
@@ -324,6 +335,11 @@ class System:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"the pipeline did not finish a first run within {timeout_s}s")
+
+    def pipeline_log(self) -> str:
+        """What the pipeline process has logged so far."""
+        path = self.workdir / "pipeline.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def kill_pipeline(self) -> None:
         assert self.pipeline is not None

@@ -6,8 +6,11 @@ The driver submits pipeline.streaming's graph to the Beam Flink job server
 - it exports Prometheus metrics and ``/healthz`` (``--metrics-listen``): consumer
   lag per partition (the store's offsets against Kafka's high-water marks), the
   age of the newest committed event, and whether the Flink job runs;
-- a job that ends by itself (it failed for good, or its job server went away) is
-  submitted again after a backoff; it resumes from the store's offsets;
+- a job that ends by itself (it failed for good, or its job server went away and
+  took the embedded mini-cluster with it) is submitted again after a backoff; it
+  resumes from the store's offsets. A job on a standalone cluster outlives its job
+  server: the driver then watches it through Flink's REST API and does not submit
+  a second one;
 - SIGTERM or SIGINT drains: readers in this process stop reading, what they
   read is committed, then the Flink job is cancelled through Flink's REST API
   (``--flink-rest``) and the process exits 0.
@@ -53,6 +56,10 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 2.0
 #: Longest a drain waits for the store to reach what the readers read, before cancelling anyway.
 DRAIN_TIMEOUT_S = 30.0
+#: How long after a submission the job may take to be listed by Flink (the job server builds and uploads it).
+JOB_APPEARS_S = 60.0
+#: How many times stopping asks Flink's REST API to cancel the job before giving up with an error.
+CANCEL_ATTEMPTS = 5
 _TERMINAL = {PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED, PipelineState.STOPPED}
 
 
@@ -172,7 +179,8 @@ def run_streaming(settings: PipelineSettings, beam_args: list[str] | None = None
     server = metrics.serve(settings.metrics_listen, health) if settings.metrics_listen else None
     DRAIN.clear()
     READ_POSITIONS.clear()
-    job_name = job_name_for(settings)
+    job_name = ""
+    earlier: set[str] = set()  # this driver's earlier submissions: each has its own name
     submissions = 0
     watch: _Watch | None = None
     try:
@@ -181,7 +189,9 @@ def run_streaming(settings: PipelineSettings, beam_args: list[str] | None = None
         backoff = 2.0
         while not stop.is_set():
             submissions += 1
-            ended = _submit_and_watch(settings, beam_args, job_name, stop, watch, health)
+            job_name = job_name_for(settings)
+            ended = _submit_and_watch(settings, beam_args, job_name, earlier, stop, watch, health)
+            earlier.add(job_name)
             if stop.is_set():
                 break
             log.error("streaming job ended by itself; submitting it again", extra={"state": ended,
@@ -200,14 +210,25 @@ def run_streaming(settings: PipelineSettings, beam_args: list[str] | None = None
             server.server_close()
 
 
-def _submit_and_watch(settings: PipelineSettings, beam_args: list[str] | None, job_name: str,
+def _submit_and_watch(settings: PipelineSettings, beam_args: list[str] | None, job_name: str, earlier: set[str],
                       stop: threading.Event, watch: _Watch, health: metrics.Health) -> str:
-    """One submission: run until ``stop`` (then drain and cancel) or until the job ends; returns its end state."""
+    """One submission: run until ``stop`` (then drain and cancel) or until the job ends; returns its end state.
+
+    Each round lists Flink's jobs once: this submission's job (running means
+    running on Flink, not just accepted by the job server, which on a standalone
+    cluster comes seconds earlier), and any earlier submission of this driver that
+    reached Flink late, which is cancelled (a submission in flight when its job
+    server died still lands). When the job server goes away and the job runs on
+    (a standalone cluster outlives its job server), the driver goes on watching it
+    through Flink's REST API and submits again only once it has ended: a second
+    job beside the first would double the cluster's load on every restart.
+    """
     host, ports = flink_rest_ports(settings.flink_rest)
     DRAIN.clear()
-    # a killed driver's job, or this driver's own when its job server went away while a standalone
-    # cluster kept the job running: one job per topic and store
-    cancel_predecessors(settings)
+    # a killed driver's job: one job per topic and store. Flink's REST API not answering is
+    # retried, since submitting without knowing would risk two jobs.
+    if with_retries(lambda: cancel_predecessors(settings), settings, stop, "cancelling earlier streaming jobs") is None:
+        return "STOP_REQUESTED"
     pipeline = beam.Pipeline(options=beam_options(settings, job_name, beam_args))
     build_streaming_pipeline(pipeline, settings, settings.commit_interval_s, settings.partition_discovery_s)
     try:
@@ -217,26 +238,91 @@ def _submit_and_watch(settings: PipelineSettings, beam_args: list[str] | None, j
                                                                  "error": str(exc)[:300]})
         return "NOT_SUBMITTED"
     log.info("streaming job submitted", extra={"job_name": job_name, "job_endpoint": settings.job_endpoint})
-    flink_job: flink_rest.FlinkJob | None = None
+    submitted = time.monotonic()
+    own: flink_rest.FlinkJob | None = None
+    through_rest = False  # the job server went away; only Flink's REST API is asked
+    missing_logged = False
     while not stop.wait(WATCH_INTERVAL_S):
-        state = _beam_state(result)
-        if state in _TERMINAL or state == "UNKNOWN":
-            return str(state)
-        if flink_job is None:
-            flink_job = flink_rest.find_job(host, ports, job_name)
-        running = state == PipelineState.RUNNING
+        listed, answered = _observe_jobs(host, ports, job_name, earlier)
+        if answered:
+            own = listed
+        if not through_rest:
+            state = _beam_state(result)
+            if state in _TERMINAL:
+                return str(state)
+            if state == "UNKNOWN":
+                if own is None or own.state in flink_rest.TERMINAL_STATES:
+                    return f"job server away; Flink job {own.state if own else 'not seen'}"
+                through_rest = True
+                log.warning("the job server went away; the job runs on, watched through Flink's REST API",
+                            extra={"job_name": job_name, "flink_state": own.state})
+        elif answered and (own is None or own.state in flink_rest.TERMINAL_STATES):
+            return f"Flink job {own.state if own else 'gone'}"
+        if own is None and not missing_logged and time.monotonic() - submitted > JOB_APPEARS_S:
+            missing_logged = True
+            log.error("the streaming job is not on Flink's REST API; check --flink-rest",
+                      extra={"flink_rest": settings.flink_rest, "job_name": job_name})
+        running = own is not None and own.state == "RUNNING"
         metrics.STREAMING_UP.set(1 if running else 0)
         if watch.observe() and running:
             health.progressed()
     _drain(settings, watch)
-    flink_job = flink_job or flink_rest.find_job(host, ports, job_name)
-    if flink_job is None:
+    # wait for a job not listed yet only while its job server still has it in hand
+    in_hand = not through_rest and _beam_state(result) not in (*_TERMINAL, "UNKNOWN")
+    own = _await_job(host, ports, job_name, earlier, own, settled=not in_hand)
+    if own is None:
         log.error("the streaming job was not found on Flink's REST API; it may still run",
                   extra={"flink_rest": settings.flink_rest, "job_name": job_name})
         return "STOP_REQUESTED"
-    final = flink_rest.cancel(flink_job)
+    final = _cancel(own)
     log.info("streaming job stopped", extra={"job_name": job_name, "flink_state": final})
     return final
+
+
+def _observe_jobs(host: str, ports: list[int], job_name: str, earlier: set[str]
+                  ) -> tuple[flink_rest.FlinkJob | None, bool]:
+    """This submission's job as Flink lists it now (None: not listed), and whether Flink answered at all;
+    an earlier submission of this driver found still running is cancelled on the way."""
+    try:
+        jobs = flink_rest.list_jobs(host, ports)
+    except flink_rest.FlinkUnavailable as exc:
+        log.warning("Flink's REST API not answering", extra={"error": exc.one_line()[:200]})
+        return None, False
+    for _, job in jobs:
+        if job.name in earlier and job.state not in flink_rest.TERMINAL_STATES:
+            log.warning("an earlier submission of this driver reached Flink late; cancelling it",
+                        extra={"job_name": job.name, "flink_state": job.state})
+            _cancel(job)
+    return flink_rest.newest(jobs, job_name), True
+
+
+def _await_job(host: str, ports: list[int], job_name: str, earlier: set[str], own: flink_rest.FlinkJob | None,
+               *, settled: bool) -> flink_rest.FlinkJob | None:
+    """The job to cancel on stop. A stop soon after submitting can come before Flink lists the job (on a
+    standalone cluster the job server uploads it first): wait for it, unless its fate is already settled."""
+    deadline = time.monotonic() + (0 if settled else JOB_APPEARS_S)
+    while True:
+        listed, answered = _observe_jobs(host, ports, job_name, earlier)
+        if answered:
+            own = listed
+        if own is not None or time.monotonic() >= deadline:
+            return own
+        time.sleep(1.0)
+
+
+def _cancel(job: flink_rest.FlinkJob) -> str:
+    """Cancel through Flink's REST API, asking again a few times while it does not answer; the last
+    failure is raised (the CLI prints it with what to do) rather than leaving the job running unsaid."""
+    for attempt in range(1, CANCEL_ATTEMPTS + 1):
+        try:
+            return flink_rest.cancel(job)
+        except flink_rest.FlinkUnavailable as exc:
+            if attempt == CANCEL_ATTEMPTS:
+                raise
+            log.warning("cancelling the streaming job failed; asking again",
+                        extra={"attempt": attempt, "error": exc.one_line()[:200]})
+            time.sleep(2.0 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _beam_state(result) -> str:

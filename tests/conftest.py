@@ -90,8 +90,17 @@ def topic(kafka_bootstrap: str) -> Iterator[str]:
             admin.close()
 
 
+@pytest.fixture
+def flink_cluster(_flink_cluster_up: None) -> None:
+    """The standalone Flink cluster, with no job left running by an earlier test (one that failed, or an
+    interrupted run)."""
+    from bench.harness import cancel_cluster_jobs
+
+    cancel_cluster_jobs()
+
+
 @pytest.fixture(scope="session")
-def flink_cluster() -> Iterator[None]:
+def _flink_cluster_up() -> Iterator[None]:
     """The standalone Flink 1.19 cluster (2 slots, EXTERNAL worker pool), started for these tests and stopped
     after them (it holds 2.5 GB; `make services` does not start it)."""
     script = Path(__file__).resolve().parents[1] / "deploy" / "local" / "flink-cluster.sh"

@@ -56,8 +56,10 @@ def start_streaming(bootstrap: str, topic: str, store_url: str, tmp_path: Path, 
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
-def wait_for_offsets(store_url: str, topic: str, expected: dict[int, int], timeout_s: float = 120.0) -> float:
-    """Seconds until the store's offsets equal ``expected``; fails with what was there."""
+def wait_for_offsets(store_url: str, topic: str, expected: dict[int, int], timeout_s: float = 120.0,
+                     driver_log: Path | None = None) -> float:
+    """Seconds until the store's offsets equal ``expected``; fails with what was there and the driver's last
+    log lines (CI shows only the failure, and a stall can be in submission, reading or committing)."""
     started = time.monotonic()
     offsets: dict[int, int] = {}
     while time.monotonic() - started < timeout_s:
@@ -72,7 +74,16 @@ def wait_for_offsets(store_url: str, topic: str, expected: dict[int, int], timeo
         if offsets == expected:
             return time.monotonic() - started
         time.sleep(0.5)
-    pytest.fail(f"store offsets {offsets} never reached {expected} in {timeout_s:.0f}s")
+    pytest.fail(f"store offsets {offsets} never reached {expected} in {timeout_s:.0f}s{log_tail(driver_log)}")
+
+
+def log_tail(driver_log: Path | None, lines: int = 40) -> str:
+    """The driver's last structured log lines (tracebacks of workers torn down are left out)."""
+    if driver_log is None or not driver_log.exists():
+        return ""
+    ours = [line for line in driver_log.read_text(errors="replace").splitlines()
+            if line.startswith("{") and "kafka.coordinator" not in line]
+    return "\ndriver log:\n" + "\n".join(line[:400] for line in ours[-lines:])
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -110,13 +121,13 @@ def test_streaming_counts_exactly_while_traffic_flows_and_sigterm_drains(
     feed = produce(kafka_bootstrap, topic, seed=31, rate=40, duration_s=20)
     proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path)
     try:
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic))
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
         produce(kafka_bootstrap, topic, seed=32, rate=40, duration_s=20, feed=feed,
                 start_ms=int(time.time() * 1000) - 30 * 60_000)
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
         producer.send(topic, b"\x0a\xff\xff\xff", key=b"poison", partition=1, headers=HEADERS).get(30)
         producer.close()
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic))
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
     finally:
         code = stop(proc)
     assert code == 0, (tmp_path / "streaming.log").read_text()[-3000:]
@@ -156,7 +167,7 @@ def test_once_and_streaming_take_turns_and_a_sigkill_loses_nothing(
     produce(kafka_bootstrap, topic, seed=44, rate=40, duration_s=10, feed=feed)
     proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path)
     try:
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic))
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
         assert "cancelling a streaming job left by an earlier driver" in (tmp_path / "streaming.log").read_text()
     finally:
         assert stop(proc) == 0
@@ -169,7 +180,7 @@ def test_new_partitions_are_picked_up(kafka_bootstrap: str, topic: str, tmp_path
     feed = produce(kafka_bootstrap, topic, seed=51, rate=40, duration_s=10)
     proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path)
     try:
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic))
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         admin.create_partitions({topic: NewPartitions(total_count=4)})
         admin.close()
@@ -184,7 +195,7 @@ def test_new_partitions_are_picked_up(kafka_bootstrap: str, topic: str, tmp_path
         producer.close()
         ends = end_offsets(kafka_bootstrap, topic)
         assert ends.get(3, 0) > 0
-        wait_for_offsets(store_url, topic, ends)
+        wait_for_offsets(store_url, topic, ends, driver_log=tmp_path / "streaming.log")
     finally:
         assert stop(proc) == 0
     assert_exact(store_url, feed.truth)
@@ -201,11 +212,12 @@ def test_streaming_on_the_standalone_cluster_with_external_workers(
     feed = produce(kafka_bootstrap, topic, seed=61, rate=40, duration_s=10)
     proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path, *CLUSTER)
     try:
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), timeout_s=180)
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), timeout_s=180,
+                         driver_log=tmp_path / "streaming.log")
         assert flink_job_running(topic, "127.0.0.1:8081")
         produce(kafka_bootstrap, topic, seed=62, rate=40, duration_s=5, feed=feed,
                 start_ms=int(time.time() * 1000) - 30 * 60_000)
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic))
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
     finally:
         code = stop(proc)
     assert code == 0, (tmp_path / "streaming.log").read_text()[-3000:]

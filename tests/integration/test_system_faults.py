@@ -78,7 +78,8 @@ STREAMING = Plan(rate=300.0, duration_s=10.0, seed=13, kafka_traffic_s=15.0, pip
 
 @pytest.mark.flink
 def test_streaming_job_server_killed(tmp_path: Path) -> None:
-    _run("jobserver_killed", tmp_path, STREAMING)
+    result = _run("jobserver_killed", tmp_path, STREAMING)
+    assert result.details["job_submissions"] == 2  # the embedded Flink died with its job server
 
 
 @pytest.mark.flink
@@ -94,6 +95,12 @@ def test_streaming_kafka_killed_and_restarted(tmp_path: Path) -> None:
 # --- and on the standalone Flink cluster (parallelism 2, EXTERNAL workers) ---
 
 CLUSTER = Plan(rate=300.0, duration_s=10.0, seed=17, pipeline="streaming-cluster")
+
+
+@pytest.mark.flink
+def test_cluster_job_server_killed(tmp_path: Path, flink_cluster: None) -> None:
+    result = _run("jobserver_killed", tmp_path, CLUSTER)
+    assert result.details["job_submissions"] == 1  # the job ran on, watched through Flink's REST API
 
 
 @pytest.mark.flink
