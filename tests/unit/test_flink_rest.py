@@ -27,7 +27,7 @@ JOBS = {"jobs": [
 
 
 class _Flink(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         if self.path == "/jobs/overview":
             self._json(200, JOBS)
         elif self.path == "/jobs/a1":
@@ -35,7 +35,7 @@ class _Flink(BaseHTTPRequestHandler):
         else:
             self._json(404, {"errors": ["not found"]})
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._json(202 if self.path.startswith("/jobs/a1") else 404, {})
 
     def _json(self, code: int, body: dict) -> None:
