@@ -26,6 +26,7 @@ REPO_ROOT = SCHEMAS_DIR.parent
 SERVICE_PROTOS = {
     "schemas/mixer/adapter/model/v1beta1/infrastructure_backend.proto",
     "schemas/mixer/template/metric/template_handler_service.proto",
+    "schemas/envoy/service/accesslog/v3/als.proto",
 }
 
 
