@@ -4,6 +4,7 @@
     apim-analytics collector serve ...  the Mixer metric adapter (gRPC -> Kafka)
     apim-analytics pipeline run ...     the Beam job (Kafka -> analytics store)
     apim-analytics subscriptions load   load the opaque-token/API-key catalog into the store
+    apim-analytics apis load|list       the API catalog from OpenAPI documents (Istio 1.8+ access logs)
     apim-analytics usage ...            usage by API, application, tier, ... (analysts)
     apim-analytics billing ...          monthly billable usage: export, publish, reconcile
     apim-analytics dashboard build|serve  the HTML dashboard
@@ -27,7 +28,7 @@ import os
 import sys
 import traceback
 
-from apim_analytics import billing_cli, dashboard_cli, demo_cli, store_cli, throttle_cli, usage_cli
+from apim_analytics import apis_cli, billing_cli, dashboard_cli, demo_cli, store_cli, throttle_cli, usage_cli
 from apim_analytics.common import add_config_flag, add_store_flags, store_url
 from collector.settings import CollectorSettings
 from core import logs
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--replace", action="store_true", help="drop entries not in the file")
     load.set_defaults(func=_subscriptions_load)
 
-    for module in (store_cli, throttle_cli, usage_cli, billing_cli, dashboard_cli, demo_cli):
+    for module in (store_cli, apis_cli, throttle_cli, usage_cli, billing_cli, dashboard_cli, demo_cli):
         module.add_parser(sub)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True,

@@ -282,6 +282,26 @@ throttle_decisions = Table(
 
 # --- pipeline bookkeeping -----------------------------------------------------------------------
 
+api_definitions = Table(
+    "api_definitions",
+    metadata,
+    *_dims("api_name", "api_version"),
+    Column("api_context", String(NAME), nullable=False,
+           comment="context path (/cart), or with {version} inside it (/cart/{version})"),
+    Column("hostnames", Text, nullable=False, default="",
+           comment="comma-separated authorities the API is served on; '' for any"),
+    Column("source", Text, nullable=False, default="", comment="the OpenAPI document it was loaded from"),
+    Column("loaded_at", DateTime(timezone=False), nullable=False, comment="UTC"),
+    comment="the API catalog (apim-analytics apis load): what Envoy access logs are matched to",
+)
+
+api_definition_resources = Table(
+    "api_definition_resources",
+    metadata,
+    *_dims("api_name", "api_version", "method", "resource_template"),
+    comment="each catalog API version's resource templates and methods, from its OpenAPI paths",
+)
+
 subscription_catalog = Table(
     "subscription_catalog",
     metadata,
