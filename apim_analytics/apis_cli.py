@@ -13,17 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apim_analytics.common import add_store_flags, store_url
 
+if TYPE_CHECKING:
+    from core.api_catalog import ApiDefinition
 
-def read_documents(paths: list[Path]):
+
+def read_documents(paths: list[Path]) -> list[ApiDefinition]:
     """Parse every file into an ApiDefinition; CatalogError names the file (and pointer) on any problem."""
     import yaml
 
     from core.api_catalog import CatalogError, check_loadable, parse_openapi
 
-    apis = []
+    apis: list[ApiDefinition] = []
     for path in paths:
         try:
             text = path.read_text(encoding="utf-8")

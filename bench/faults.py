@@ -301,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 r = run_scenario(name, plan, url, Path(tmp), kafka=args.kafka)
             except (TimeoutError, RuntimeError) as exc:  # the store never caught up: a failed scenario, not a crash
-                r = ScenarioResult(name, 0, 0, 0, 0, [], 0.0, {"error": str(exc)[:300]})
-                r.sent = -1  # never exact
+                r = ScenarioResult(name, -1, 0, 0, 0, [], 0.0, {"error": str(exc)[:300]})  # sent -1: never exact
             finally:
                 drop()
         results.append(r)

@@ -172,8 +172,10 @@ def _kill(pid: int) -> None:
         time.sleep(0.05)
 
 
+#: The standalone cluster's REST API (deploy/local/flink-cluster.sh).
+CLUSTER_FLINK_REST = "127.0.0.1:8081"
 #: `pipeline run --streaming` flags for the standalone cluster of deploy/local/flink-cluster.sh.
-STANDALONE_CLUSTER = ["--job-endpoint", "127.0.0.1:8199", "--flink-rest", "127.0.0.1:8081",
+STANDALONE_CLUSTER = ["--job-endpoint", "127.0.0.1:8199", "--flink-rest", CLUSTER_FLINK_REST,
                       "--environment-type", "EXTERNAL", "--environment-config", "127.0.0.1:50000",
                       "--parallelism", "2", "--commit-groups", "2"]
 
@@ -182,8 +184,9 @@ def cancel_cluster_jobs() -> int:
     """Cancel every job still on the standalone cluster (left by a failed scenario or test): one holds both
     slots, and the next job would wait for them forever. Returns how many there were."""
     from pipeline import flink_rest
+    from pipeline.settings import flink_rest_ports
 
-    left = flink_rest.running_jobs("127.0.0.1", [8081], "")
+    left = flink_rest.running_jobs(*flink_rest_ports(CLUSTER_FLINK_REST), "")
     for job in left:
         flink_rest.cancel(job)
     return len(left)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -152,17 +152,13 @@ def _segments(path: str) -> list[str]:
     return [s for s in path.split("/") if s]
 
 
-@dataclass
 class ApiCatalog:
     """The loaded APIs, indexed for matching requests."""
 
-    apis: Iterable[ApiDefinition]
-    _by_context: dict[str, list[ApiDefinition]] = field(init=False, default_factory=dict)
-    _templates: dict[tuple[str, str, str], list[tuple[tuple[str, ...], str]]] = field(
-        init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.apis = tuple(self.apis)
+    def __init__(self, apis: Iterable[ApiDefinition]) -> None:
+        self.apis = tuple(apis)
+        self._by_context: dict[str, list[ApiDefinition]] = {}
+        self._templates: dict[tuple[str, str, str], list[tuple[tuple[str, ...], str]]] = {}
         for api in self.apis:
             key = _normalise(api.context.replace(_VERSION_TOKEN, api.version))
             self._by_context.setdefault(key, []).append(api)

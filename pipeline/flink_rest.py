@@ -74,13 +74,9 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(reason, ConnectionRefusedError)
 
 
-def find_job(host: str, ports: list[int], name: str) -> FlinkJob | None:
-    """The newest job called ``name`` on any of the REST ports (the embedded mini-cluster's port varies)."""
-    return newest(list_jobs(host, ports), name)
-
-
 def newest(jobs: list[tuple[int, FlinkJob]], name: str) -> FlinkJob | None:
-    """The newest of ``jobs`` (as list_jobs gives them) called ``name``."""
+    """The newest of ``jobs`` (as list_jobs gives them) called ``name``: a name may be listed more than
+    once (the embedded mini-cluster's port varies, a cluster keeps ended jobs)."""
     named = [(started, job) for started, job in jobs if job.name == name]
     return max(named, key=lambda f: f[0])[1] if named else None
 

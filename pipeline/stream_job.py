@@ -292,7 +292,10 @@ def _observe_jobs(host: str, ports: list[int], job_name: str, earlier: set[str]
         if job.name in earlier and job.state not in flink_rest.TERMINAL_STATES:
             log.warning("an earlier submission of this driver reached Flink late; cancelling it",
                         extra={"job_name": job.name, "flink_state": job.state})
-            _cancel(job)
+            try:
+                flink_rest.cancel(job)
+            except flink_rest.FlinkUnavailable as exc:  # still listed next round, and cancelled then
+                log.warning("cancelling it failed", extra={"error": exc.one_line()[:200]})
     return flink_rest.newest(jobs, job_name), True
 
 
@@ -313,16 +316,14 @@ def _await_job(host: str, ports: list[int], job_name: str, earlier: set[str], ow
 def _cancel(job: flink_rest.FlinkJob) -> str:
     """Cancel through Flink's REST API, asking again a few times while it does not answer; the last
     failure is raised (the CLI prints it with what to do) rather than leaving the job running unsaid."""
-    for attempt in range(1, CANCEL_ATTEMPTS + 1):
+    for attempt in range(1, CANCEL_ATTEMPTS):
         try:
             return flink_rest.cancel(job)
         except flink_rest.FlinkUnavailable as exc:
-            if attempt == CANCEL_ATTEMPTS:
-                raise
             log.warning("cancelling the streaming job failed; asking again",
                         extra={"attempt": attempt, "error": exc.one_line()[:200]})
             time.sleep(2.0 * attempt)
-    raise AssertionError("unreachable")
+    return flink_rest.cancel(job)
 
 
 def _beam_state(result) -> str:

@@ -17,6 +17,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewPartitions
 
+from bench.harness import CLUSTER_FLINK_REST, STANDALONE_CLUSTER
 from core.errors import ApimError
 from pipeline import flink_rest
 from pipeline.commit import stored_offsets
@@ -31,9 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.flink]
 JOB_ENDPOINT = os.environ.get("APIM_PIPELINE_JOB_ENDPOINT", "127.0.0.1:8099")
 FLINK_REST = os.environ.get("APIM_PIPELINE_FLINK_REST", "127.0.0.1:8281-8299")
 REPO = Path(__file__).resolve().parents[2]
-#: The standalone cluster of deploy/local/flink-cluster.sh: its job server, REST API and worker pool.
-CLUSTER = ["--job-endpoint", "127.0.0.1:8199", "--flink-rest", "127.0.0.1:8081", "--environment-type", "EXTERNAL",
-           "--environment-config", "127.0.0.1:50000", "--parallelism", "2", "--commit-groups", "2"]
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +46,7 @@ def job_server() -> None:
 
 
 def start_streaming(bootstrap: str, topic: str, store_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen:
-    log = (tmp_path / "streaming.log").open("ab")
+    log = driver_log(tmp_path).open("ab")
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("apim-analytics")), "pipeline", "run", "--streaming", "--kafka", bootstrap,
          "--topic", topic, "--store", store_url, "--dead-letter-topic", f"{topic}.dlq", "--metrics-listen", "",
@@ -56,10 +54,16 @@ def start_streaming(bootstrap: str, topic: str, store_url: str, tmp_path: Path, 
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
+def driver_log(workdir: Path) -> Path:
+    """Where start_streaming's driver logs."""
+    return workdir / "streaming.log"
+
+
 def wait_for_offsets(store_url: str, topic: str, expected: dict[int, int], timeout_s: float = 120.0,
-                     driver_log: Path | None = None) -> float:
-    """Seconds until the store's offsets equal ``expected``; fails with what was there and the driver's last
-    log lines (CI shows only the failure, and a stall can be in submission, reading or committing)."""
+                     workdir: Path | None = None) -> float:
+    """Seconds until the store's offsets equal ``expected``; fails with what was there and the last log lines
+    of the driver started in ``workdir`` (CI shows only the failure, and a stall can be in submission,
+    reading or committing)."""
     started = time.monotonic()
     offsets: dict[int, int] = {}
     while time.monotonic() - started < timeout_s:
@@ -74,14 +78,15 @@ def wait_for_offsets(store_url: str, topic: str, expected: dict[int, int], timeo
         if offsets == expected:
             return time.monotonic() - started
         time.sleep(0.5)
-    pytest.fail(f"store offsets {offsets} never reached {expected} in {timeout_s:.0f}s{log_tail(driver_log)}")
+    pytest.fail(f"store offsets {offsets} never reached {expected} in {timeout_s:.0f}s"
+                + (log_tail(driver_log(workdir)) if workdir else ""))
 
 
-def log_tail(driver_log: Path | None, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
     """The driver's last structured log lines (tracebacks of workers torn down are left out)."""
-    if driver_log is None or not driver_log.exists():
+    if not path.exists():
         return ""
-    ours = [line for line in driver_log.read_text(errors="replace").splitlines()
+    ours = [line for line in path.read_text(errors="replace").splitlines()
             if line.startswith("{") and "kafka.coordinator" not in line]
     return "\ndriver log:\n" + "\n".join(line[:400] for line in ours[-lines:])
 
@@ -121,16 +126,16 @@ def test_streaming_counts_exactly_while_traffic_flows_and_sigterm_drains(
     feed = produce(kafka_bootstrap, topic, seed=31, rate=40, duration_s=20)
     proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path)
     try:
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), workdir=tmp_path)
         produce(kafka_bootstrap, topic, seed=32, rate=40, duration_s=20, feed=feed,
                 start_ms=int(time.time() * 1000) - 30 * 60_000)
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
         producer.send(topic, b"\x0a\xff\xff\xff", key=b"poison", partition=1, headers=HEADERS).get(30)
         producer.close()
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), workdir=tmp_path)
     finally:
         code = stop(proc)
-    assert code == 0, (tmp_path / "streaming.log").read_text()[-3000:]
+    assert code == 0, driver_log(tmp_path).read_text()[-3000:]
     assert_exact(store_url, feed.truth)
     assert not flink_job_running(topic)
     settings = PipelineSettings(kafka=kafka_bootstrap, topic=topic, store=store_url,
@@ -167,8 +172,8 @@ def test_once_and_streaming_take_turns_and_a_sigkill_loses_nothing(
     produce(kafka_bootstrap, topic, seed=44, rate=40, duration_s=10, feed=feed)
     proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path)
     try:
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
-        assert "cancelling a streaming job left by an earlier driver" in (tmp_path / "streaming.log").read_text()
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), workdir=tmp_path)
+        assert "cancelling a streaming job left by an earlier driver" in driver_log(tmp_path).read_text()
     finally:
         assert stop(proc) == 0
     assert_exact(store_url, feed.truth)
@@ -180,7 +185,7 @@ def test_new_partitions_are_picked_up(kafka_bootstrap: str, topic: str, tmp_path
     feed = produce(kafka_bootstrap, topic, seed=51, rate=40, duration_s=10)
     proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path)
     try:
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), workdir=tmp_path)
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         admin.create_partitions({topic: NewPartitions(total_count=4)})
         admin.close()
@@ -195,7 +200,7 @@ def test_new_partitions_are_picked_up(kafka_bootstrap: str, topic: str, tmp_path
         producer.close()
         ends = end_offsets(kafka_bootstrap, topic)
         assert ends.get(3, 0) > 0
-        wait_for_offsets(store_url, topic, ends, driver_log=tmp_path / "streaming.log")
+        wait_for_offsets(store_url, topic, ends, workdir=tmp_path)
     finally:
         assert stop(proc) == 0
     assert_exact(store_url, feed.truth)
@@ -210,16 +215,15 @@ def test_streaming_on_the_standalone_cluster_with_external_workers(
     """The same job on a standalone Flink cluster at parallelism 2, its Python workers in the EXTERNAL worker
     pool (the Kubernetes pattern): a backlog and live traffic, exact; SIGTERM cancels it through the REST API."""
     feed = produce(kafka_bootstrap, topic, seed=61, rate=40, duration_s=10)
-    proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path, *CLUSTER)
+    proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path, *STANDALONE_CLUSTER)
     try:
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), timeout_s=180,
-                         driver_log=tmp_path / "streaming.log")
-        assert flink_job_running(topic, "127.0.0.1:8081")
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), timeout_s=180, workdir=tmp_path)
+        assert flink_job_running(topic, CLUSTER_FLINK_REST)
         produce(kafka_bootstrap, topic, seed=62, rate=40, duration_s=5, feed=feed,
                 start_ms=int(time.time() * 1000) - 30 * 60_000)
-        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), driver_log=tmp_path / "streaming.log")
+        wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), workdir=tmp_path)
     finally:
         code = stop(proc)
-    assert code == 0, (tmp_path / "streaming.log").read_text()[-3000:]
+    assert code == 0, driver_log(tmp_path).read_text()[-3000:]
     assert_exact(store_url, feed.truth)
-    assert not flink_job_running(topic, "127.0.0.1:8081")
+    assert not flink_job_running(topic, CLUSTER_FLINK_REST)

@@ -81,7 +81,8 @@ def _closed_port() -> int:
 def test_jobs_are_listed_from_every_port_and_refusing_ports_have_none(flink: int) -> None:
     jobs = flink_rest.list_jobs("127.0.0.1", [_closed_port(), flink])
     assert sorted(j.jid for _, j in jobs) == ["a1", "b2", "c3", "d4"]
-    assert flink_rest.find_job("127.0.0.1", [flink], "apim-usage-t-1234abcd-old").jid == "a1"  # the newest
+    assert flink_rest.newest(jobs, "apim-usage-t-1234abcd-old").jid == "a1"  # the later of two
+    assert flink_rest.newest(jobs, "not-there") is None
     assert [j.jid for j in flink_rest.running_jobs("127.0.0.1", [flink], "apim-usage-t-1234abcd-")] == ["a1"]
     assert flink_rest.list_jobs("127.0.0.1", [_closed_port()]) == []
 
