@@ -71,7 +71,7 @@ def _list(args: argparse.Namespace) -> int:
         engine.dispose()
     if args.format == "json":
         print(json.dumps([{"name": a.name, "version": a.version, "context": a.context,
-                           "hostnames": list(a.hostnames), "source": a.source,
+                           "hostnames": list(a.hostnames), "tcp_clusters": list(a.tcp_clusters), "source": a.source,
                            "resources": [{"method": r.method, "template": r.template} for r in a.resources]}
                           for a in apis], indent=2))
         return 0

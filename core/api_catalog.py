@@ -50,12 +50,14 @@ class ApiDefinition:
     hostnames: tuple[str, ...] = ()
     resources: tuple[Resource, ...] = ()
     source: str = ""  # the file it was loaded from, for messages and `apis list`
+    tcp_clusters: tuple[str, ...] = ()  # Envoy clusters whose TCP connections count as calls of this API
 
 
 @dataclass(frozen=True)
 class ApiMatch:
     api: ApiDefinition
     resource_template: str  # "" when no template of the API matches the path and method
+    resource_path: str = ""  # the path below the context and version, without the query: "/items/42"
 
 
 def parse_openapi(doc: Any, source: str) -> ApiDefinition:
@@ -84,7 +86,8 @@ def parse_openapi(doc: Any, source: str) -> ApiDefinition:
             if not isinstance(item[method], Mapping):
                 raise _error(source, f"{pointer}/{method}", "an operation must be a mapping")
             resources.append(Resource(method.upper(), _normalise(template)))
-    return ApiDefinition(name, version, context, hostnames, tuple(resources), source)
+    return ApiDefinition(name, version, context, hostnames, tuple(resources), source,
+                         _names(doc, "x-apim-tcp-clusters", source))
 
 
 def _context(doc: Mapping, source: str) -> str:
@@ -104,10 +107,15 @@ def _context(doc: Mapping, source: str) -> str:
 
 
 def _hostnames(doc: Mapping, source: str) -> tuple[str, ...]:
-    raw = doc.get("x-apim-hostnames", [])
+    return tuple(sorted({h.lower() for h in _names(doc, "x-apim-hostnames", source)}))
+
+
+def _names(doc: Mapping, key: str, source: str) -> tuple[str, ...]:
+    """A list-of-names extension (host names, Envoy clusters), sorted and without repeats."""
+    raw = doc.get(key, [])
     if not isinstance(raw, list) or not all(isinstance(h, str) and h for h in raw):
-        raise _error(source, "/x-apim-hostnames", "must be a list of host names")
-    return tuple(sorted({h.lower() for h in raw}))
+        raise _error(source, "/" + key, "must be a list of non-empty names")
+    return tuple(sorted(set(raw)))
 
 
 def _mapping(doc: Mapping, key: str, source: str, pointer: str) -> Mapping:
@@ -152,6 +160,11 @@ def _segments(path: str) -> list[str]:
     return [s for s in path.split("/") if s]
 
 
+def _version_in_context(api: ApiDefinition) -> bool:
+    """The context carries the version ("/cart/{version}", or written out: "/pizzashack/1.0.0")."""
+    return _VERSION_TOKEN in api.context or api.version in _segments(api.context)
+
+
 class ApiCatalog:
     """The loaded APIs, indexed for matching requests."""
 
@@ -159,6 +172,7 @@ class ApiCatalog:
         self.apis = tuple(apis)
         self._by_context: dict[str, list[ApiDefinition]] = {}
         self._templates: dict[tuple[str, str, str], list[tuple[tuple[str, ...], str]]] = {}
+        self._by_cluster = {cluster: api for api in self.apis for cluster in api.tcp_clusters}
         for api in self.apis:
             key = _normalise(api.context.replace(_VERSION_TOKEN, api.version))
             self._by_context.setdefault(key, []).append(api)
@@ -181,7 +195,8 @@ class ApiCatalog:
             if not served:
                 continue
             rest = segments[length:]
-            inside = [a for a in served if _VERSION_TOKEN in a.context]
+            # The version is part of the context: "/cart/{version}", or written out ("/pizzashack/1.0.0").
+            inside = [a for a in served if _version_in_context(a)]
             if inside:  # the version was part of the context
                 return self._with_template(inside[0], rest, method)
             if rest:
@@ -190,11 +205,16 @@ class ApiCatalog:
                     return self._with_template(versioned[0], rest[1:], method)
         return None
 
+    def match_cluster(self, cluster: str) -> ApiDefinition | None:
+        """The API whose TCP connections go through Envoy cluster ``cluster`` (``x-apim-tcp-clusters``)."""
+        return self._by_cluster.get(cluster)
+
     def _with_template(self, api: ApiDefinition, rest: list[str], method: str) -> ApiMatch:
+        path = "/" + "/".join(rest)
         for pattern, template in self._templates.get((api.name, api.version, method.upper()), ()):
             if len(pattern) == len(rest) and all(p == s or _PARAM.match(p) for p, s in zip(pattern, rest)):
-                return ApiMatch(api, template)
-        return ApiMatch(api, "")
+                return ApiMatch(api, template, path)
+        return ApiMatch(api, "", path)
 
 
 def check_loadable(apis: Iterable[ApiDefinition]) -> None:
@@ -202,16 +222,23 @@ def check_loadable(apis: Iterable[ApiDefinition]) -> None:
     APIs on the same context and version served on overlapping authorities."""
     by_key: dict[tuple[str, str], ApiDefinition] = {}
     by_route: dict[str, list[ApiDefinition]] = {}
+    by_cluster: dict[str, ApiDefinition] = {}
     for api in apis:
         earlier = by_key.setdefault((api.name, api.version), api)
         if earlier is not api:
             raise CatalogError(f"{api.source}: API {api.name} {api.version} is also defined in {earlier.source}",
                                hint="load one document per API version")
         route = _normalise(api.context.replace(_VERSION_TOKEN, api.version)) + \
-            ("" if _VERSION_TOKEN in api.context else "/" + api.version)
+            ("" if _version_in_context(api) else "/" + api.version)
         for other in by_route.setdefault(route, []):
             if not api.hostnames or not other.hostnames or set(api.hostnames) & set(other.hostnames):
                 raise CatalogError(f"{api.source}: API {api.name} {api.version} and {other.name} {other.version} "
                                    f"({other.source}) are both routed at {route}",
                                    hint="give them different contexts or x-apim-hostnames")
         by_route[route].append(api)
+        for cluster in api.tcp_clusters:
+            owner = by_cluster.setdefault(cluster, api)
+            if owner is not api:
+                raise CatalogError(f"{api.source}: TCP cluster {cluster} is claimed by API {api.name} {api.version} "
+                                   f"and by {owner.name} {owner.version} ({owner.source})",
+                                   hint="a cluster's connections can count for one API only")

@@ -33,7 +33,8 @@ def save(engine: Engine, apis: Iterable[ApiDefinition], *, replace_all: bool = F
         if apis:
             conn.execute(api_definitions.insert(), [
                 {"api_name": a.name, "api_version": a.version, "api_context": a.context,
-                 "hostnames": ",".join(a.hostnames), "source": a.source, "loaded_at": now} for a in apis])
+                 "hostnames": ",".join(a.hostnames), "source": a.source, "loaded_at": now,
+                 "tcp_clusters": ",".join(a.tcp_clusters)} for a in apis])
         resources = [{"api_name": a.name, "api_version": a.version, "method": r.method,
                       "resource_template": r.template} for a in apis for r in sorted(set(a.resources),
                                                                                  key=lambda r: (r.template, r.method))]
@@ -55,4 +56,5 @@ def load(engine: Engine) -> list[ApiDefinition]:
     return [ApiDefinition(d.api_name, d.api_version, d.api_context,
                           tuple(h for h in d.hostnames.split(",") if h),
                           tuple(sorted(resources.get((d.api_name, d.api_version), []),
-                                       key=lambda r: (r.template, r.method))), d.source) for d in defs]
+                                       key=lambda r: (r.template, r.method))), d.source,
+                          tuple(c for c in d.tcp_clusters.split(",") if c)) for d in defs]

@@ -292,6 +292,8 @@ api_definitions = Table(
            comment="comma-separated authorities the API is served on; '' for any"),
     Column("source", Text, nullable=False, default="", comment="the OpenAPI document it was loaded from"),
     Column("loaded_at", DateTime(timezone=False), nullable=False, comment="UTC"),
+    Column("tcp_clusters", Text, nullable=False, default="",
+           comment="comma-separated Envoy clusters whose TCP connections count as calls of this API; '' for none"),
     comment="the API catalog (apim-analytics apis load): what Envoy access logs are matched to",
 )
 

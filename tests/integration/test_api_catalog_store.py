@@ -37,7 +37,8 @@ def test_load_list_and_replace(store_url: str, tmp_path: Path, capsys: pytest.Ca
     cart = write(tmp_path, "cart.yaml", "Cart", "2.0.0",
                  {"/items": {"get": {}, "post": {}}, "/items/{id}": {"get": {}}})
     pay = write(tmp_path, "pay.json", "Pay", "v3", {"/charges": {"post": {}}},
-                **{"x-apim-context": "/pay/{version}", "x-apim-hostnames": ["pay.example.com"]})
+                **{"x-apim-context": "/pay/{version}", "x-apim-hostnames": ["pay.example.com"],
+                   "x-apim-tcp-clusters": ["outbound|443||psp.example.com"]})
     assert main(["apis", "load", str(cart), str(pay), "--store", store_url]) == 0
     assert capsys.readouterr().out.strip() == "apis: 2 API version(s), 4 resource(s) loaded"
     assert catalog_of(store_url) == [("Cart", "2.0.0", "/cart", 3), ("Pay", "v3", "/pay/{version}", 1)]
@@ -48,6 +49,7 @@ def test_load_list_and_replace(store_url: str, tmp_path: Path, capsys: pytest.Ca
     finally:
         engine.dispose()
     assert found is not None and (found.api.name, found.resource_template) == ("Pay", "/charges")
+    assert found.api.tcp_clusters == ("outbound|443||psp.example.com",)
 
     cart3 = write(tmp_path, "cart3.yaml", "Cart", "2.0.0", {"/items": {"get": {}}})  # the same version again
     assert main(["apis", "load", str(cart3), "--store", store_url]) == 0
@@ -55,9 +57,9 @@ def test_load_list_and_replace(store_url: str, tmp_path: Path, capsys: pytest.Ca
     capsys.readouterr()
     assert main(["apis", "list", "--store", store_url, "--format", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(a["name"], a["hostnames"], a["resources"]) for a in listed] == [
-        ("Cart", [], [{"method": "GET", "template": "/items"}]),
-        ("Pay", ["pay.example.com"], [{"method": "POST", "template": "/charges"}])]
+    assert [(a["name"], a["hostnames"], a["tcp_clusters"], a["resources"]) for a in listed] == [
+        ("Cart", [], [], [{"method": "GET", "template": "/items"}]),
+        ("Pay", ["pay.example.com"], ["outbound|443||psp.example.com"], [{"method": "POST", "template": "/charges"}])]
 
     assert main(["apis", "load", str(cart3), "--replace", "--store", store_url]) == 0
     assert catalog_of(store_url) == [("Cart", "2.0.0", "/cart", 1)]

@@ -81,7 +81,7 @@ def test_current_revision_is_head(engine: Engine) -> None:
     assert migrate.current_revision(engine) is None
     migrate.upgrade(engine)
     script_head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
-    assert migrate.current_revision(engine) == migrate.head_revision() == script_head == "0005_api_catalog"
+    assert migrate.current_revision(engine) == migrate.head_revision() == script_head == "0006_api_tcp_clusters"
 
 
 def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
@@ -94,7 +94,7 @@ def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
     event.listen(engine, "before_cursor_execute", record)
     try:
         create_schema(engine)
-        migrate.upgrade(engine, "0005_api_catalog")
+        migrate.upgrade(engine, "0006_api_tcp_clusters")
     finally:
         event.remove(engine, "before_cursor_execute", record)
     writes = [s for s in statements if s in ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")]
@@ -246,11 +246,11 @@ def test_cli_migrate_and_revision(store_url: str, capsys: pytest.CaptureFixture[
         assert main(["store", "revision", "--store", store_url]) == 0
         assert capsys.readouterr().out.strip() == "<empty>"
     assert main(["store", "migrate", "--store", store_url]) == 0
-    assert capsys.readouterr().out.strip() == "store: <empty> -> 0005_api_catalog"
-    assert main(["store", "migrate", "--store", store_url, "--revision", "0005_api_catalog"]) == 0
-    assert capsys.readouterr().out.strip() == "store: 0005_api_catalog -> 0005_api_catalog"
+    assert capsys.readouterr().out.strip() == "store: <empty> -> 0006_api_tcp_clusters"
+    assert main(["store", "migrate", "--store", store_url, "--revision", "0006_api_tcp_clusters"]) == 0
+    assert capsys.readouterr().out.strip() == "store: 0006_api_tcp_clusters -> 0006_api_tcp_clusters"
     assert main(["store", "revision", "--store", store_url]) == 0
-    assert capsys.readouterr().out.strip() == "0005_api_catalog"
+    assert capsys.readouterr().out.strip() == "0006_api_tcp_clusters"
 
 
 def test_cli_store_defaults_to_env(store_url: str, capsys: pytest.CaptureFixture[str],

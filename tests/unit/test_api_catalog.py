@@ -98,3 +98,35 @@ def test_apis_a_gateway_could_not_route_apart_are_refused() -> None:
     elsewhere = ApiDefinition("Basket", "2.0.0", "/cart", ("b.example.com",))
     check_loadable([ApiDefinition("Cart", "2.0.0", "/cart", ("a.example.com",)), elsewhere])  # other hosts
     check_loadable([cart, parse_openapi(doc(info={"title": "Cart", "version": "3.0.0"}), "d.yaml")])
+
+
+def test_a_context_with_the_version_written_out_matches_and_gives_the_path_below_it() -> None:
+    pizza = ApiDefinition("PizzaShackAPI", "1.0.0", "/pizzashack/1.0.0", (),
+                          (Resource("GET", "/menu"), Resource("GET", "/order/{orderId}")))
+    found = ApiCatalog([pizza]).match("gw", "/pizzashack/1.0.0/order/42?x=1", "GET")
+    assert found is not None
+    assert (found.api.name, found.resource_template, found.resource_path) == \
+        ("PizzaShackAPI", "/order/{orderId}", "/order/42")
+    assert ApiCatalog([pizza]).match("gw", "/pizzashack/menu", "GET") is None
+    from core.api_catalog import check_loadable
+
+    with pytest.raises(CatalogError, match=r"both routed at /pizzashack/1.0.0"):
+        check_loadable([pizza, ApiDefinition("Other", "1.0.0", "/pizzashack")])
+
+
+def test_tcp_clusters_name_one_api_each() -> None:
+    from core.api_catalog import check_loadable
+
+    db = parse_openapi(doc(**{"x-apim-tcp-clusters": ["outbound|5432||pg.db.svc.cluster.local",
+                                                      "outbound|5432||pg.db.svc.cluster.local"]}), "db.yaml")
+    assert db.tcp_clusters == ("outbound|5432||pg.db.svc.cluster.local",)
+    found = ApiCatalog([db]).match_cluster("outbound|5432||pg.db.svc.cluster.local")
+    assert found is not None and (found.name, found.version) == ("Cart", "2.0.0")
+    assert ApiCatalog([db]).match_cluster("outbound|80||other") is None
+    other = parse_openapi(doc(info={"title": "Other", "version": "1"},
+                              **{"x-apim-tcp-clusters": list(db.tcp_clusters)}), "o.yaml")
+    with pytest.raises(CatalogError, match=r"o.yaml: TCP cluster outbound\|5432\|\|pg.db.svc.cluster.local is "
+                                           r"claimed by API Other 1 and by Cart 2.0.0 \(db.yaml\)"):
+        check_loadable([db, other])
+    with pytest.raises(CatalogError, match=r"#/x-apim-tcp-clusters:"):
+        parse_openapi(doc(**{"x-apim-tcp-clusters": "outbound|5432||pg"}), "bad.yaml")
