@@ -47,7 +47,8 @@ def partition_for(application_id: str, partitions: int) -> int:
 
 
 def build_columns(events: Sequence[dict[str, Any]], *, call_id: str, producer_id: str,
-                  produced_ms: int | None = None) -> cols_pb.UsageEventColumns:
+                  produced_ms: int | None = None,
+                  source: pb.EventSource = pb.MIXER_METRIC_ADAPTER) -> cols_pb.UsageEventColumns:
     """One columnar batch; a column is left empty when every event has its default."""
     batch = cols_pb.UsageEventColumns(count=len(events))
     batch.header.producer_id = producer_id
@@ -65,7 +66,7 @@ def build_columns(events: Sequence[dict[str, Any]], *, call_id: str, producer_id
                 getattr(batch, name).extend(values)
     if "properties" in present:
         _fill_strings(batch.properties_json, [properties_json(e) for e in events])
-    batch.source.extend([pb.MIXER_METRIC_ADAPTER] * len(events))
+    batch.source.extend([source] * len(events))
     return batch
 
 
@@ -79,7 +80,8 @@ class BatchRecord(NamedTuple):
 
 
 def partitioned_records(events: Sequence[dict[str, Any]], *, partitions: int, call_id: str, producer_id: str,
-                        max_record_bytes: int = 1_000_000) -> list[BatchRecord]:
+                        max_record_bytes: int = 1_000_000,
+                        source: pb.EventSource = pb.MIXER_METRIC_ADAPTER) -> list[BatchRecord]:
     """One columnar record per partition the call's events fall on.
 
     A partition's batch larger than ``max_record_bytes`` (the broker's
@@ -93,23 +95,24 @@ def partitioned_records(events: Sequence[dict[str, Any]], *, partitions: int, ca
     now_ms = int(time.time() * 1000)
     out: list[BatchRecord] = []
     for p, group in groups.items():
-        parts = _fit(group, call_id, producer_id, now_ms, max_record_bytes)
+        parts = _fit(group, call_id, producer_id, now_ms, max_record_bytes, source)
         if len(parts) == 1:
             out.append(BatchRecord(p, call_id, parts[0][1], len(group)))
             continue
         for k, (part, _) in enumerate(parts):  # rare: rebuild each part under its own id
             batch_id = f"{call_id}.{k}"
-            value = build_columns(part, call_id=batch_id, producer_id=producer_id, produced_ms=now_ms)
+            value = build_columns(part, call_id=batch_id, producer_id=producer_id, produced_ms=now_ms, source=source)
             out.append(BatchRecord(p, batch_id, value.SerializeToString(), len(part)))
     return out
 
 
 def _fit(group: Sequence[dict[str, Any]], call_id: str, producer_id: str, now_ms: int,
-         limit: int) -> list[tuple[Sequence[dict[str, Any]], bytes]]:
+         limit: int, source: pb.EventSource) -> list[tuple[Sequence[dict[str, Any]], bytes]]:
     """Halve ``group`` until each part serializes within ``limit``: [(part, its bytes)]."""
-    value = build_columns(group, call_id=call_id, producer_id=producer_id, produced_ms=now_ms).SerializeToString()
+    value = build_columns(group, call_id=call_id, producer_id=producer_id, produced_ms=now_ms,
+                          source=source).SerializeToString()
     if len(value) <= limit or len(group) == 1:
         return [(group, value)]
     half = len(group) // 2
-    return _fit(group[:half], call_id, producer_id, now_ms, limit) + \
-        _fit(group[half:], call_id, producer_id, now_ms, limit)
+    return _fit(group[:half], call_id, producer_id, now_ms, limit, source) + \
+        _fit(group[half:], call_id, producer_id, now_ms, limit, source)

@@ -64,6 +64,10 @@ class Caller:
 
 
 ANONYMOUS = Caller(credential_kind="NONE")
+#: Prefix of a credential that is the JSON claims of a JWT Envoy has already verified (its jwt_authn
+#: filter's dynamic metadata in an ALS entry). It starts with NUL, which no HTTP header value can hold,
+#: so a caller cannot forge it through the Authorization header.
+VERIFIED_CLAIMS = "\x00jwt-claims:"
 
 
 def credential_hash(raw: str) -> str:
@@ -282,6 +286,14 @@ class CredentialResolver:
     def _resolve_uncached(self, auth_header: str, api_name: str, api_version: str,
                           at_s: float) -> tuple[Caller, tuple[float, float] | None]:
         """The caller, and the request times it holds for (``None``: it holds for this one only, do not cache)."""
+        if auth_header.startswith(VERIFIED_CLAIMS):  # claims Envoy's jwt_authn filter verified and logged
+            try:
+                verified = json.loads(auth_header[len(VERIFIED_CLAIMS):])
+            except ValueError:
+                verified = None
+            if isinstance(verified, dict):
+                digest = credential_hash(auth_header)
+                return self._from_claims(verified, digest, api_name, api_version), _ALWAYS
         scheme, _, token = auth_header.partition(" ")
         if not token:  # a bare token or API key with no scheme
             token, scheme = scheme, ""

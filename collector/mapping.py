@@ -62,6 +62,8 @@ class RejectCode:
     STRING_TOO_LONG = "STRING_TOO_LONG"
     TIMESTAMP_OUT_OF_RANGE = "TIMESTAMP_OUT_OF_RANGE"
     MISSING_API = "MISSING_API"
+    NO_API = "NO_API"  # an access-log entry whose host and path match no API of the catalog
+    MALFORMED_ENTRY = "MALFORMED_ENTRY"  # an access-log entry that is not valid protobuf (or invalid UTF-8)
 
 
 def short_name(instance_name: str) -> str:
@@ -178,6 +180,7 @@ class Limits:
     max_credential_bytes: int = 16384
     max_past_ms: int = 7 * 24 * 3600 * 1000
     max_future_ms: int = 5 * 60 * 1000
+    max_duration_ms: float = 24 * 3600 * 1000.0  # a latency above a day is a broken clock, not a request
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,9 @@ class InstanceMapper:
                 raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: negative value {out}")
             if out > (INT32_MAX if field_name in _INT32_FIELDS else INT64_MAX):
                 raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE, f"{field_name}: {out} is too large")
+            if t is float and out > self.limits.max_duration_ms and field_name.endswith("_latency_ms"):
+                raise InstanceRejected(RejectCode.VALUE_OUT_OF_RANGE,
+                                       f"{field_name}: {out} ms is above the limit of {self.limits.max_duration_ms} ms")
         return out
 
     def _plan(self, mapping: InstanceMapping) -> list[tuple[str, str, bool, bool]]:

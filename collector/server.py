@@ -40,20 +40,23 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
 from collector import adapter_config
-from collector.columns import partitioned_records
+from collector.access_log import AccessLogMapper
+from collector.access_log_service import ALS_SERVICE, OTLP_LOGS_SERVICE, AlsHandler, OtlpLogsHandler
+from collector.access_log_service import handlers as access_log_handlers
 from collector.credentials import CredentialResolver, SubscriptionCatalog
 from collector.decode import MalformedCall, decode_call, instance_message
 from collector.dedup import RecentCalls
 from collector.delivery import SafeDelivery
-from collector.mapping import InstanceMapper, Limits, MappedCall, Privacy, load_mappings, redact_instance
+from collector.mapping import InstanceMapper, Limits, MappedCall, Privacy, load_mappings
 from collector.publisher import KafkaPublisher, ProducerSettings, Record, make_publisher
+from collector.records import build_records
 from collector.settings import CollectorSettings
 from collector.spool import Spool, SpoolFull
+from core.api_catalog import ApiCatalog
 from core.errors import ApimError
-from core.record_format import DEAD_LETTER_SCHEMA
 from core.settings import parse_host_port
 from core.topics import ensure_topic
-from schemas.apim.usage.v1 import dead_letter_pb2
+from schemas.apim.usage.v1 import usage_event_pb2 as usage_pb2
 from schemas.mixer.adapter.model.v1beta1 import (
     infrastructure_backend_pb2 as ib_pb2,
 )
@@ -175,23 +178,10 @@ class MetricHandler:
         return report_pb2.ReportResult()
 
     def _records(self, raw: bytes, dedup_id: str, mapped: MappedCall, call_id: str) -> list[Record]:
-        s = self.settings
-        records = []
-        for batch in partitioned_records(
-                mapped.events, partitions=self.partitions, call_id=call_id, producer_id=self.producer_id,
-                max_record_bytes=s.kafka_max_record_bytes):
-            records.append(Record(topic=s.topic, partition=batch.partition, key=batch.batch_id.encode(),
-                                  value=batch.value))
-            BATCH_EVENTS.observe(batch.events)
-        now_ms = int(time.time() * 1000)
-        for r in mapped.rejected:
-            letter = dead_letter_pb2.DeadLetter(
-                reason=r.reason, reason_code=r.code, stage="collector", rejected_timestamp_ms=now_ms,
-                dedup_id=dedup_id, instance_index=r.index, instance_name=r.instance[0],
-                instance=redact_instance(instance_message(raw, r.instance, r.index), self.credential_dims))
-            records.append(Record(topic=s.dead_letter_topic, partition=None, key=f"{call_id}/{r.index}".encode(),
-                                  value=letter.SerializeToString(), schema=DEAD_LETTER_SCHEMA))
-        return records
+        return build_records(mapped, settings=self.settings, partitions=self.partitions, call_id=call_id,
+                             producer_id=self.producer_id, dedup_id=dedup_id, source=usage_pb2.MIXER_METRIC_ADAPTER,
+                             instance_of=lambda r: instance_message(raw, r.instance, r.index),
+                             credential_dims=self.credential_dims, on_batch=BATCH_EVENTS.observe)
 
 
 class InfrastructureBackend(ib_grpc.InfrastructureBackendServicer):
@@ -270,6 +260,26 @@ def build_resolver(s: CollectorSettings) -> CredentialResolver:
     return CredentialResolver(catalog, verifier=verifier, cache_ttl_s=s.credential_cache_ttl_s)
 
 
+def _apis_store(s: CollectorSettings) -> str:
+    return s.apis_store or s.subscriptions_store
+
+
+def load_api_catalog(s: CollectorSettings) -> ApiCatalog:
+    """The API catalog access-log entries are matched against: the store's, or empty when there is no store."""
+    url = _apis_store(s)
+    if not url:
+        log.warning("no API catalog store (--apis-store); every access-log entry will match no API")
+        return ApiCatalog(())
+    from store import api_catalog as store_apis
+    from store.engine import make_engine
+
+    engine = make_engine(url)
+    try:
+        return ApiCatalog(store_apis.load(engine))
+    finally:
+        engine.dispose()
+
+
 class Collector:
     """Owns the server, the delivery path and the health state; ``start``/``stop`` for tests and the demo."""
 
@@ -282,6 +292,9 @@ class Collector:
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._apis_refresher: asyncio.Task[None] | None = None
+        self.access_logs: AccessLogMapper | None = None
+        self.als: AlsHandler | None = None
         self._jwt_reloads: set[asyncio.Task[object]] = set()  # the timer and SIGHUP reloads in flight
 
     async def start(self) -> int:
@@ -318,8 +331,12 @@ class Collector:
             privacy=Privacy(user_ip=s.user_ip, user_name=s.user_name),
         )
         backend = InfrastructureBackend(mappings)
-        handler = MetricHandler(s, mapper, self.delivery, RecentCalls(s.dedup_window_s, s.dedup_max_calls),
-                                backend, partitions)
+        recent = RecentCalls(s.dedup_window_s, s.dedup_max_calls)
+        handler = MetricHandler(s, mapper, self.delivery, recent, backend, partitions)
+        apis = await loop.run_in_executor(None, load_api_catalog, s)
+        self.access_logs = AccessLogMapper(mapper, apis, unmatched=s.unmatched_requests)
+        self.als = AlsHandler(s, self.access_logs, self.delivery, partitions, handler.producer_id)
+        otlp = OtlpLogsHandler(s, self.access_logs, self.delivery, partitions, handler.producer_id, recent=recent)
         # gRPC's own limit sits above ours, so a moderately oversized request gets our clear message.
         grpc_limit = (s.max_message_mb << 20) * 2 + (1 << 20)
         options = [("grpc.max_receive_message_length", grpc_limit), ("grpc.max_send_message_length", 4 << 20)]
@@ -332,25 +349,30 @@ class Collector:
                 handler.__call__, request_deserializer=None,
                 response_serializer=report_pb2.ReportResult.SerializeToString),
         }),))
+        self.server.add_generic_rpc_handlers(access_log_handlers(self.als, otlp))
         ib_grpc.add_InfrastructureBackendServicer_to_server(backend, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (HANDLE_METRIC_SERVICE, INFRA_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            (HANDLE_METRIC_SERVICE, INFRA_SERVICE, ALS_SERVICE, OTLP_LOGS_SERVICE, health.SERVICE_NAME,
+             reflection.SERVICE_NAME), self.server)
         host, port = parse_host_port("--listen", s.listen)
         creds = _server_credentials(s)
         address = f"{host}:{port}"
         self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
         await self.server.start()
-        for name in ("", HANDLE_METRIC_SERVICE, INFRA_SERVICE):
+        for name in ("", HANDLE_METRIC_SERVICE, INFRA_SERVICE, ALS_SERVICE, OTLP_LOGS_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.subscriptions_store and s.subscriptions_refresh_s > 0:
             self._refresher = loop.create_task(self._refresh_subscriptions())
+        if _apis_store(s) and s.apis_refresh_s > 0:
+            self._apis_refresher = loop.create_task(self._refresh_apis())
         if self.resolver.verifier is not None and s.jwt_reload_s > 0:
             self._keep_jwt_reload(loop.create_task(self.resolver.reload_keys_every(s.jwt_reload_s)))
         log.info("collector serving", extra={"listen": f"{host}:{self.port}", "tls": bool(creds),
                                              "mutual_tls": bool(s.tls_client_ca), "topic": s.topic,
                                              "partitions": partitions, "mappings": sorted(mappings),
                                              "subscriptions": len(self.resolver.catalog),
+                                             "apis": len(apis.apis), "unmatched_requests": s.unmatched_requests,
                                              "spooled_records": spool.depth_entries})
         return self.port
 
@@ -366,6 +388,17 @@ class Collector:
                 log.warning("subscription catalog refresh failed; keeping the previous one",
                             extra={"error": repr(exc)[:300]})
 
+    async def _refresh_apis(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.apis_refresh_s)
+            try:
+                fresh = await loop.run_in_executor(None, load_api_catalog, self.settings)
+                assert self.access_logs is not None
+                self.access_logs.replace_catalog(fresh)
+            except Exception as exc:  # noqa: BLE001 - keep the old catalog, say why
+                log.warning("API catalog refresh failed; keeping the previous one", extra={"error": repr(exc)[:300]})
+
     def reload_jwt_keys(self) -> None:
         """Re-read the JWT key files now (SIGHUP); a broken file keeps its old keys. Call on the loop."""
         if self.resolver is not None and self.resolver.verifier is not None:
@@ -380,9 +413,12 @@ class Collector:
         if self.server is None:
             return
         await self.health.enter_graceful_shutdown()
+        if self.als is not None:
+            self.als.draining.set()  # ALS streams close once idle: Envoy reconnects to another replica
         await self.server.stop(self.settings.shutdown_grace_s)
-        if self._refresher is not None:
-            self._refresher.cancel()
+        for refresher in (self._refresher, self._apis_refresher):
+            if refresher is not None:
+                refresher.cancel()
         for task in list(self._jwt_reloads):
             task.cancel()
         if self.delivery is not None:

@@ -76,6 +76,22 @@ class CollectorSettings:
                                          "(0: off)")
     dedup_max_calls: int = setting(100_000, env="APIM_COLLECTOR_DEDUP_MAX_CALLS",
                                    help="most calls remembered for retry recognition")
+    # -- Istio 1.8+: Envoy access logs (ALS v3 and OpenTelemetry) ---------------------------------
+    apis_store: str = setting("", env="APIM_COLLECTOR_APIS_STORE",
+                              help="SQLAlchemy URL whose API catalog (apim-analytics apis load) access-log entries "
+                                   "are matched against (empty: --subscriptions-store); re-read every "
+                                   "--apis-refresh-s")
+    apis_refresh_s: float = setting(60.0, env="APIM_COLLECTOR_APIS_REFRESH_S",
+                                    help="how often the API catalog is re-read (0: only at start)")
+    unmatched_requests: str = setting("dead-letter", env="APIM_COLLECTOR_UNMATCHED_REQUESTS",
+                                      help="access-log entries that match no API: dead-letter (reason NO_API), drop "
+                                           "(counted in a metric) or unmanaged (counted under API 'unmanaged')")
+    access_log_safe_timeout_s: float = setting(30.0, env="APIM_COLLECTOR_ACCESS_LOG_SAFE_TIMEOUT_S",
+                                               help="how long an ALS stream waits for a message's entries to become "
+                                                    "safe (Kafka or spool) before it is closed with UNAVAILABLE")
+    drain_idle_s: float = setting(0.5, env="APIM_COLLECTOR_DRAIN_IDLE_S",
+                                  help="on SIGTERM, an ALS stream is closed once no message came for this long "
+                                       "(at the latest after --shutdown-grace-s)")
     # -- callers ---------------------------------------------------------------------------------
     subscriptions: str = setting("", env="APIM_COLLECTOR_SUBSCRIPTIONS",
                                  help="subscription catalog file (YAML, CSV or JSON lines) for opaque tokens and "
@@ -131,5 +147,10 @@ class CollectorSettings:
             raise SettingsError("--jwt-reload-s must be 0 (off) or more")
         if not self.spool_max_mb > 0:
             raise SettingsError("--spool-max-mb must be above 0")
+        if self.unmatched_requests not in ("dead-letter", "drop", "unmanaged"):
+            raise SettingsError("--unmatched-requests: dead-letter, drop or unmanaged, "
+                                f"not {self.unmatched_requests!r}")
+        if not self.access_log_safe_timeout_s > 0:
+            raise SettingsError("--access-log-safe-timeout-s must be above 0")
         if not self.spool_dir:
             raise SettingsError("--spool-dir must name a folder")

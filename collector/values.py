@@ -97,6 +97,14 @@ def as_duration_ms(x: Any) -> float:
         return float(x)
     if x is None:
         return 0.0
+    if t is str:  # OpenTelemetry access logs carry Envoy's %DURATION% as text
+        try:
+            out = float(x.strip() or 0)
+        except ValueError as exc:
+            raise ValueKindError(f"not a number of milliseconds: {x[:40]!r}") from exc
+        if not math.isfinite(out):
+            raise ValueKindError(f"not a finite number: {x[:40]!r}")
+        return out
     raise ValueKindError(f"a {kind_name(x)} cannot be used as a duration")
 
 

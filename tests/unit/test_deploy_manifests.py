@@ -31,7 +31,10 @@ ISTIO_DIR = ROOT / "deploy" / "istio"
 # (test_deploy_pipeline.py, test_deploy_flink.py).
 PIPELINE_DIR = K8S_DIR / "pipeline"
 FLINK_DIR = K8S_DIR / "flink"
-SEPARATE_DIRS = (PIPELINE_DIR, FLINK_DIR)
+# deploy/istio/telemetry (Istio 1.20+: IstioOperator, Helm values, Telemetry, OpenAPI) is checked by
+# test_deploy_istio_telemetry.py.
+TELEMETRY_DIR = ISTIO_DIR / "telemetry"
+SEPARATE_DIRS = (PIPELINE_DIR, FLINK_DIR, TELEMETRY_DIR)
 
 NAMESPACE = "apim-analytics"
 MIXER_NAMESPACE = "istio-system"
@@ -292,9 +295,11 @@ def test_network_policy_admits_mixer_on_grpc_and_prometheus_on_metrics() -> None
     netpol = one(k8s_docs(), "NetworkPolicy")
     rules = {tuple(p["port"] for p in r["ports"]): r["from"] for r in netpol.spec["ingress"]}
     assert set(rules) == {(GRPC_PORT,), (METRICS_PORT,)}
-    [mixer] = rules[(GRPC_PORT,)]
+    [mixer, sidecars] = rules[(GRPC_PORT,)]
     assert mixer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": MIXER_NAMESPACE}
     assert mixer["podSelector"]["matchLabels"]["istio-mixer-type"] == "telemetry"
+    # Istio 1.8+: the sidecars of every namespace send access logs (ALS, OTLP) to the same port
+    assert sidecars == {"namespaceSelector": {}, "podSelector": {"matchLabels": {"security.istio.io/tlsMode": "istio"}}}
     assert any("prometheus" in peer["podSelector"]["matchLabels"].values() for peer in rules[(METRICS_PORT,)])
 
 

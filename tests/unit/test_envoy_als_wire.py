@@ -88,6 +88,12 @@ FIELDS = [
     (accesslog_pb2.TLSProperties, "tls_version", 1, T.TYPE_ENUM, False),
     (accesslog_pb2.TLSProperties, "tls_cipher_suite", 2, T.TYPE_MESSAGE, False),
     (accesslog_pb2.TLSProperties, "tls_sni_hostname", 3, T.TYPE_STRING, False),
+    (accesslog_pb2.TLSProperties, "local_certificate_properties", 4, T.TYPE_MESSAGE, False),
+    (accesslog_pb2.TLSProperties, "peer_certificate_properties", 5, T.TYPE_MESSAGE, False),
+    (accesslog_pb2.TLSProperties.CertificateProperties, "subject_alt_name", 1, T.TYPE_MESSAGE, True),
+    (accesslog_pb2.TLSProperties.CertificateProperties, "subject", 2, T.TYPE_STRING, False),
+    (accesslog_pb2.TLSProperties.CertificateProperties.SubjectAltName, "uri", 1, T.TYPE_STRING, False),
+    (accesslog_pb2.TLSProperties.CertificateProperties.SubjectAltName, "dns", 2, T.TYPE_STRING, False),
     (accesslog_pb2.TLSProperties, "tls_session_id", 6, T.TYPE_STRING, False),
     (accesslog_pb2.TLSProperties, "ja3_fingerprint", 7, T.TYPE_STRING, False),
 ]

@@ -8,7 +8,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -241,7 +241,7 @@ class ResponseFlags(_message.Message):
     def __init__(self, failed_local_healthcheck: bool = ..., no_healthy_upstream: bool = ..., upstream_request_timeout: bool = ..., local_reset: bool = ..., upstream_remote_reset: bool = ..., upstream_connection_failure: bool = ..., upstream_connection_termination: bool = ..., upstream_overflow: bool = ..., no_route_found: bool = ..., delay_injected: bool = ..., fault_injected: bool = ..., rate_limited: bool = ..., unauthorized_details: _Optional[_Union[ResponseFlags.Unauthorized, _Mapping]] = ..., rate_limit_service_error: bool = ..., downstream_connection_termination: bool = ..., upstream_retry_limit_exceeded: bool = ..., stream_idle_timeout: bool = ..., invalid_envoy_request_headers: bool = ..., downstream_protocol_error: bool = ..., upstream_max_stream_duration_reached: bool = ..., response_from_cache_filter: bool = ..., no_filter_config_found: bool = ..., duration_timeout: bool = ..., upstream_protocol_error: bool = ..., no_cluster_found: bool = ..., overload_manager: bool = ..., dns_resolution_failure: bool = ..., downstream_remote_reset: bool = ...) -> None: ...
 
 class TLSProperties(_message.Message):
-    __slots__ = ("tls_version", "tls_cipher_suite", "tls_sni_hostname", "tls_session_id", "ja3_fingerprint")
+    __slots__ = ("tls_version", "tls_cipher_suite", "tls_sni_hostname", "local_certificate_properties", "peer_certificate_properties", "tls_session_id", "ja3_fingerprint")
     class TLSVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         VERSION_UNSPECIFIED: _ClassVar[TLSProperties.TLSVersion]
@@ -254,17 +254,35 @@ class TLSProperties(_message.Message):
     TLSv1_1: TLSProperties.TLSVersion
     TLSv1_2: TLSProperties.TLSVersion
     TLSv1_3: TLSProperties.TLSVersion
+    class CertificateProperties(_message.Message):
+        __slots__ = ("subject_alt_name", "subject")
+        class SubjectAltName(_message.Message):
+            __slots__ = ("uri", "dns")
+            URI_FIELD_NUMBER: _ClassVar[int]
+            DNS_FIELD_NUMBER: _ClassVar[int]
+            uri: str
+            dns: str
+            def __init__(self, uri: _Optional[str] = ..., dns: _Optional[str] = ...) -> None: ...
+        SUBJECT_ALT_NAME_FIELD_NUMBER: _ClassVar[int]
+        SUBJECT_FIELD_NUMBER: _ClassVar[int]
+        subject_alt_name: _containers.RepeatedCompositeFieldContainer[TLSProperties.CertificateProperties.SubjectAltName]
+        subject: str
+        def __init__(self, subject_alt_name: _Optional[_Iterable[_Union[TLSProperties.CertificateProperties.SubjectAltName, _Mapping]]] = ..., subject: _Optional[str] = ...) -> None: ...
     TLS_VERSION_FIELD_NUMBER: _ClassVar[int]
     TLS_CIPHER_SUITE_FIELD_NUMBER: _ClassVar[int]
     TLS_SNI_HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CERTIFICATE_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    PEER_CERTIFICATE_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     TLS_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     JA3_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     tls_version: TLSProperties.TLSVersion
     tls_cipher_suite: _wrappers_pb2.UInt32Value
     tls_sni_hostname: str
+    local_certificate_properties: TLSProperties.CertificateProperties
+    peer_certificate_properties: TLSProperties.CertificateProperties
     tls_session_id: str
     ja3_fingerprint: str
-    def __init__(self, tls_version: _Optional[_Union[TLSProperties.TLSVersion, str]] = ..., tls_cipher_suite: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., tls_sni_hostname: _Optional[str] = ..., tls_session_id: _Optional[str] = ..., ja3_fingerprint: _Optional[str] = ...) -> None: ...
+    def __init__(self, tls_version: _Optional[_Union[TLSProperties.TLSVersion, str]] = ..., tls_cipher_suite: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., tls_sni_hostname: _Optional[str] = ..., local_certificate_properties: _Optional[_Union[TLSProperties.CertificateProperties, _Mapping]] = ..., peer_certificate_properties: _Optional[_Union[TLSProperties.CertificateProperties, _Mapping]] = ..., tls_session_id: _Optional[str] = ..., ja3_fingerprint: _Optional[str] = ...) -> None: ...
 
 class HTTPRequestProperties(_message.Message):
     __slots__ = ("request_method", "scheme", "authority", "port", "path", "user_agent", "referer", "forwarded_for", "request_id", "original_path", "request_headers_bytes", "request_body_bytes", "request_headers", "upstream_header_bytes_sent", "downstream_header_bytes_received")
