@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["SimulationConfig", "add_arguments", "run", "simulate"]
 
 CONFIG_SECTION = "simulate"
+#: What one "call" of the report is, per protocol.
+UNITS = {"mixer": "HandleMetric calls", "als": "ALS messages", "otel": "OTLP exports"}
 
 
 def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
@@ -62,7 +64,7 @@ def summary(config: SimulationConfig, start_ms: int, report: SendReport, truth: 
     """The human summary: events, calls, retries, achieved rate, busiest API/tier groups."""
     verb = "built (dry run, nothing sent)" if report.dry_run else f"sent to {config.target}"
     lines = [
-        (f"simulate: {report.instances} events in {report.calls} HandleMetric calls {verb} "
+        (f"simulate: {report.instances} events in {report.calls} {UNITS[config.protocol]} {verb} "
          f"in {report.elapsed_s:.2f}s = {report.instances_per_s:,.0f} events/s"),
         (f"simulate: simulated {_iso(start_ms)} + {config.duration:g}s at {config.rate:g}/s, seed {config.seed}, "
          f"{config.apis} APIs, {config.applications} applications, {config.users} users"),

@@ -200,6 +200,10 @@ class SimulationProfile:
     monitored_resource_type: str = "UNSPECIFIED"
 
 
+#: What the simulated mesh sends the collector.
+PROTOCOLS = ("mixer", "als", "otel")
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """One simulation run; each field is also a flag and an ``APIM_SIM_*`` variable.
@@ -244,6 +248,23 @@ class SimulationConfig:
     subscriptions_out: str | None = setting(
         None, env="APIM_SIM_SUBSCRIPTIONS_OUT",
         help="write the opaque-token subscription catalog here (JSON lines, for the collector)")
+    protocol: str = setting(
+        "mixer", env="APIM_SIM_PROTOCOL",
+        help="what the mesh sends: mixer (Istio 1.1-1.7 HandleMetric calls), als (Envoy ALS v3 streams) or otel "
+             "(OTLP log exports), the last two as Istio 1.8+ sidecars do")
+    openapi_out: str | None = setting(
+        None, env="APIM_SIM_OPENAPI_OUT",
+        help="write the catalog's APIs as OpenAPI documents into this folder (for `apim-analytics apis load`)")
+    flush_interval_ms: int = setting(
+        1000, env="APIM_SIM_FLUSH_INTERVAL_MS",
+        help="als/otel: a sidecar flushes its buffered entries this often, in simulated ms (Envoy's "
+             "buffer_flush_interval)")
+    buffer_bytes: int = setting(
+        16384, env="APIM_SIM_BUFFER_BYTES",
+        help="als/otel: a sidecar flushes as soon as its buffered entries reach this size (Envoy's buffer_size_bytes)")
+    stream_messages: int = setting(
+        100, env="APIM_SIM_STREAM_MESSAGES",
+        help="als: messages per stream before the sidecar reconnects (a closed stream confirms its messages)")
     dry_run: bool = setting(False, env="APIM_SIM_DRY_RUN", help="build everything, send nothing")
     json_report: bool = setting(False, env="APIM_SIM_JSON", flag="--json",
                                 help="print the report as JSON on stdout (the summary goes to stderr)")
@@ -260,10 +281,14 @@ class SimulationConfig:
         """
         positive = {"rate": self.rate, "duration": self.duration, "batch_size": self.batch_size,
                     "concurrency": self.concurrency, "timeout": self.timeout, "max_attempts": self.max_attempts,
-                    "speed": self.speed, "apis": self.apis, "applications": self.applications, "users": self.users}
+                    "speed": self.speed, "apis": self.apis, "applications": self.applications, "users": self.users,
+                    "flush_interval_ms": self.flush_interval_ms, "buffer_bytes": self.buffer_bytes,
+                    "stream_messages": self.stream_messages}
         for name, value in positive.items():
             if not value > 0:
                 raise SettingsError(f"setting {name}: must be > 0, got {value!r}")
+        if self.protocol not in PROTOCOLS:
+            raise SettingsError(f"setting protocol: one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.dedup_base < 0:
             raise SettingsError(f"setting dedup_base: must be >= 0, got {self.dedup_base!r}")
         if self.initial_backoff < 0 or self.max_backoff < self.initial_backoff:

@@ -126,6 +126,11 @@ def build_instance(r: SimRequest, *, instance_name: str = DEFAULTS.instance_name
                        monitored_resource_type=profile.monitored_resource_type)
 
 
+def length_delimited(number: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field (field ``number``, wire type 2) holding ``data``."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -147,7 +152,7 @@ def adapter_config(profile: SimulationProfile = DEFAULT_PROFILE) -> any_pb2.Any:
     for number, (_, text) in enumerate(profile.adapter_params, start=1):
         data = text.encode("utf-8")
         if data:  # proto3 omits empty strings
-            body += _varint(number << 3 | 2) + _varint(len(data)) + data
+            body += length_delimited(number, data)
     return any_pb2.Any(type_url=profile.adapter_config_type_url, value=bytes(body))
 
 

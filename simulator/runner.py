@@ -10,14 +10,16 @@ batch built), so it is exactly what the store should end up holding.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from core.settings import SettingsError
 from simulator.catalog import Catalog, build_catalog
 from simulator.config import SimulationConfig
 from simulator.ground_truth import GroundTruth
 from simulator.mixer import MetricRequestBuilder, batched
+from simulator.openapi import write_openapi
 from simulator.sender import SendReport, SendSettings, send
 from simulator.tokens import Credentials, SigningKey, write_subscription_catalog
 from simulator.traffic import SimRequest, TrafficModel
@@ -104,9 +106,16 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
     credentials = Credentials(catalog, key, start_ms=start_ms, duration_s=config.duration, profile=profile)
     requests = TrafficModel(catalog, credentials, profile).requests(
         rate=config.rate, duration_s=config.duration, start_ms=start_ms, seed=config.seed)
+    if config.openapi_out:
+        write_openapi(config.openapi_out, catalog.apis)
+    truth = GroundTruth()
+    if config.protocol != "mixer":
+        report = _simulate_access_logs(config, requests, truth, start_ms, on_delivered)
+        if config.ground_truth:
+            truth.write_csv(config.ground_truth)
+        return report, truth
     builder = MetricRequestBuilder(instance_name=config.instance_name, profile=profile)
 
-    truth = GroundTruth()
     in_flight: dict[str, list[SimRequest]] = {}
 
     def messages():
@@ -136,3 +145,44 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
     if config.ground_truth:
         truth.write_csv(config.ground_truth)
     return report, truth
+
+
+def _simulate_access_logs(config: SimulationConfig, requests: Iterator[SimRequest], truth: GroundTruth,
+                          start_ms: int, on_delivered: Callable[[int], None] | None) -> SendReport:
+    """Istio 1.8+: the requests as sidecar flushes, sent as ALS messages or OTLP exports."""
+    from simulator.envoy import flushes, otlp_export
+
+    batches = flushes(requests, flush_interval_ms=config.flush_interval_ms, buffer_bytes=config.buffer_bytes,
+                      profile=config.profile)
+
+    def delivered(batch: list[SimRequest], ok: bool) -> None:
+        if ok:
+            truth.add_all(batch)
+            if on_delivered is not None:
+                on_delivered(len(batch))
+
+    settings = SendSettings.from_config(config, start_ms)
+    if config.dry_run:
+        report = SendReport(target=config.target, dry_run=True)
+        began = time.monotonic()
+        for flush in batches:
+            report.calls += 1
+            report.delivered_calls += 1
+            report.instances += len(flush.requests)
+            delivered(flush.requests, True)
+        report.elapsed_s = time.monotonic() - began
+        return report
+    if config.protocol == "als":
+        from simulator.als_sender import send_streams
+
+        return send_streams(batches, settings, stream_messages=config.stream_messages, on_done=delivered)
+    in_flight: dict[int, list[SimRequest]] = {}
+
+    def exports() -> Iterator[Any]:
+        for flush in batches:
+            export = otlp_export(flush, config.profile)
+            in_flight[id(export)] = flush.requests
+            yield export
+
+    return send(exports(), settings, protocol="otel",
+                on_done=lambda export, ok: delivered(in_flight.pop(id(export)), ok))

@@ -42,7 +42,21 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 #: ``on_done(request, delivered)`` runs once per call, after its final attempt.
-DoneCallback = Callable[[HandleMetricRequest, bool], None]
+DoneCallback = Callable[[Any, bool], None]
+#: How the sender sees one request: (events it carries, simulated ms of its first event, 0 if none).
+Describe = Callable[[Any], tuple[int, int]]
+OTLP_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+
+
+def describe_mixer(request: HandleMetricRequest) -> tuple[int, int]:
+    """A HandleMetric call: its instances, and the first one's request time."""
+    return len(request.instances), request_timestamp_ms(request.instances[0]) if request.instances else 0
+
+
+def describe_otlp(request: Any) -> tuple[int, int]:
+    """An OTLP logs export: its log records, and the first one's time."""
+    records = [r for rl in request.resource_logs for sl in rl.scope_logs for r in sl.log_records]
+    return len(records), records[0].time_unix_nano // 1_000_000 if records else 0
 
 
 @dataclass(frozen=True)
@@ -116,16 +130,18 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 @dataclass
 class _Call:
-    request: HandleMetricRequest
+    request: Any
     instances: int
+    first_ms: int = 0
     attempt: int = 0
     started: float = 0.0
     future: Any = None
 
 
 class _Sender:
-    def __init__(self, stub: HandleMetricServiceStub, settings: SendSettings, on_done: DoneCallback | None) -> None:
-        self.stub = stub
+    def __init__(self, rpc: Any, settings: SendSettings, on_done: DoneCallback | None, describe: Describe) -> None:
+        self.rpc = rpc
+        self.describe = describe
         self.settings = settings
         self.on_done = on_done
         self.report = SendReport(target=settings.target)
@@ -142,7 +158,7 @@ class _Sender:
         call.started = time.perf_counter()
         self.report.attempts += 1
         self.in_flight += 1
-        call.future = self.stub.HandleMetric.future(call.request, timeout=self.settings.timeout_s)
+        call.future = self.rpc.future(call.request, timeout=self.settings.timeout_s)
         call.future.add_done_callback(lambda _f, c=call: self.completions.put(c))
 
     def finish(self, call: _Call, delivered: bool) -> None:
@@ -174,7 +190,7 @@ class _Sender:
                 self.report.invalid_argument += 1
             self.finish(call, False)
 
-    def run(self, requests: Iterable[HandleMetricRequest]) -> SendReport:
+    def run(self, requests: Iterable[Any]) -> SendReport:
         s = self.settings
         source = iter(requests)
         pending: _Call | None = None  # next new call, held back by realtime pacing
@@ -194,12 +210,12 @@ class _Sender:
                     if msg is None:
                         exhausted = True
                     else:
-                        pending = _Call(request=msg, instances=len(msg.instances))
+                        pending = _Call(msg, *self.describe(msg))
                         self.report.calls += 1
                 if pending is None:
                     break
                 if s.realtime and pending.instances:
-                    first_ms = request_timestamp_ms(pending.request.instances[0])
+                    first_ms = pending.first_ms
                     if origin_ms is None:
                         origin_ms = first_ms
                     due = began + (first_ms - origin_ms) / 1000.0 / s.speed
@@ -254,12 +270,14 @@ class _Sender:
             hint="check --target / APIM_SIM_TARGET and that the collector is running")
 
 
-def send(requests: Iterable[HandleMetricRequest], settings: SendSettings = SendSettings(), *,
-         on_done: DoneCallback | None = None, channel: grpc.Channel | None = None) -> SendReport:
+def send(requests: Iterable[Any], settings: SendSettings = SendSettings(), *,
+         on_done: DoneCallback | None = None, channel: grpc.Channel | None = None,
+         protocol: str = "mixer") -> SendReport:
     """Send every request to the collector and report what happened.
 
     Args:
-        requests: consumed lazily, at most ``concurrency`` ahead of the acknowledgements.
+        requests: consumed lazily, at most ``concurrency`` ahead of the acknowledgements:
+            ``HandleMetricRequest`` s, or with ``protocol="otel"`` OTLP ``ExportLogsServiceRequest`` s.
         settings: target, concurrency, deadline, retry policy and pacing.
         on_done: told once per request whether it was finally delivered, so a
             caller can keep exact ground truth of what the collector accepted.
@@ -276,7 +294,15 @@ def send(requests: Iterable[HandleMetricRequest], settings: SendSettings = SendS
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ])
     try:
-        return _Sender(HandleMetricServiceStub(channel), settings, on_done).run(requests)
+        assert channel is not None
+        if protocol == "otel":
+            from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as otlp_pb2
+
+            rpc = channel.unary_unary(
+                OTLP_EXPORT, request_serializer=otlp_pb2.ExportLogsServiceRequest.SerializeToString,
+                response_deserializer=otlp_pb2.ExportLogsServiceResponse.FromString)
+            return _Sender(rpc, settings, on_done, describe_otlp).run(requests)
+        return _Sender(HandleMetricServiceStub(channel).HandleMetric, settings, on_done, describe_mixer).run(requests)
     except grpc.RpcError as exc:  # raised rather than reported as a call's status: translated here
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
