@@ -93,6 +93,7 @@ class _StreamSender:
             code, details = exc.code(), exc.details() or ""
         self.codes[code.name] += 1
         delivered = code is grpc.StatusCode.OK
+        refused = code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in details
         if delivered:
             self.stream_seconds.append(time.perf_counter() - stream.opened)
         else:
@@ -106,6 +107,8 @@ class _StreamSender:
             else:
                 self.report.failures += 1
                 self.report.failed_instances += len(batch)
+                if refused:
+                    self.report.refused_instances += len(batch)
             if self.on_done is not None:
                 self.on_done(batch, delivered)
 
@@ -197,6 +200,11 @@ def send_streams(flushes: Iterable[Flush], settings: SendSettings, *, stream_mes
         channel = grpc.insecure_channel(settings.target, options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Envoy reconnects on its next flush; gRPC's default back-off (1 s growing to 120 s) would keep
+            # failing new streams for many seconds after a collector is back.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ])
     assert channel is not None
     try:

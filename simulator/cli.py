@@ -37,7 +37,8 @@ UNITS = {"mixer": "HandleMetric calls", "als": "ALS messages", "otel": "OTLP exp
 
 
 def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
-             on_delivered: Callable[[int], None] | None = None) -> tuple[SendReport, GroundTruth]:
+             on_delivered: Callable[[int], None] | None = None,
+             unconfirmed: GroundTruth | None = None) -> tuple[SendReport, GroundTruth]:
     """Run one simulation; see :func:`simulator.runner.simulate`.
 
     Re-exported here for the demo and tests; the heavy modules (gRPC,
@@ -46,7 +47,7 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
     """
     from simulator.runner import simulate as run_simulation
 
-    return run_simulation(config, catalog=catalog, on_delivered=on_delivered)
+    return run_simulation(config, catalog=catalog, on_delivered=on_delivered, unconfirmed=unconfirmed)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -65,7 +65,8 @@ def signing_key_for(config: SimulationConfig) -> SigningKey:
 
 
 def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
-             on_delivered: Callable[[int], None] | None = None) -> tuple[SendReport, GroundTruth]:
+             on_delivered: Callable[[int], None] | None = None,
+             unconfirmed: GroundTruth | None = None) -> tuple[SendReport, GroundTruth]:
     """Generate, build and send one run of traffic.
 
     Steps, in order:
@@ -86,6 +87,9 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
         on_delivered: told the number of requests of each call the collector
             acknowledged, as it happens (harnesses measure freshness and
             recovery from it).
+        unconfirmed: if given, counts the requests whose delivery was not confirmed
+            (a call that finally failed; the messages of an ALS stream that broke):
+            some of them may have been stored all the same.
 
     Returns:
         (send report, ground truth of delivered requests).
@@ -110,7 +114,7 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
         write_openapi(config.openapi_out, catalog.apis)
     truth = GroundTruth()
     if config.protocol != "mixer":
-        report = _simulate_access_logs(config, requests, truth, start_ms, on_delivered)
+        report = _simulate_access_logs(config, requests, truth, start_ms, on_delivered, unconfirmed)
         if config.ground_truth:
             truth.write_csv(config.ground_truth)
         return report, truth
@@ -130,6 +134,8 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
             truth.add_all(batch)
             if on_delivered is not None:
                 on_delivered(len(batch))
+        elif unconfirmed is not None:
+            unconfirmed.add_all(batch)
 
     if config.dry_run:
         report = SendReport(target=config.target, dry_run=True)
@@ -148,7 +154,8 @@ def simulate(config: SimulationConfig, *, catalog: Catalog | None = None,
 
 
 def _simulate_access_logs(config: SimulationConfig, requests: Iterator[SimRequest], truth: GroundTruth,
-                          start_ms: int, on_delivered: Callable[[int], None] | None) -> SendReport:
+                          start_ms: int, on_delivered: Callable[[int], None] | None,
+                          unconfirmed: GroundTruth | None) -> SendReport:
     """Istio 1.8+: the requests as sidecar flushes, sent as ALS messages or OTLP exports."""
     from simulator.envoy import flushes, otlp_export
 
@@ -160,6 +167,8 @@ def _simulate_access_logs(config: SimulationConfig, requests: Iterator[SimReques
             truth.add_all(batch)
             if on_delivered is not None:
                 on_delivered(len(batch))
+        elif unconfirmed is not None:
+            unconfirmed.add_all(batch)
 
     settings = SendSettings.from_config(config, start_ms)
     if config.dry_run:

@@ -104,6 +104,9 @@ class SendReport:
     invalid_argument: int = 0
     instances: int = 0
     failed_instances: int = 0
+    #: ALS: of failed_instances, those on streams that never connected (no collector listening), which
+    #: cannot have been stored; the rest were on streams that broke mid-way (in flight, perhaps stored)
+    refused_instances: int = 0
     elapsed_s: float = 0.0
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0

@@ -4,6 +4,7 @@ while traffic flows; the store must equal the simulator's ground truth exactly a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,37 @@ def test_cluster_job_server_killed(tmp_path: Path, flink_cluster: None) -> None:
 @pytest.mark.flink
 def test_cluster_taskmanager_killed(tmp_path: Path, flink_cluster: None) -> None:
     _run("taskmanager_killed", tmp_path, CLUSTER)
+
+
+# --- issue 13: Istio 1.8+ sidecars, over Envoy ALS v3 streams and OTLP log exports ---
+
+ACCESS_LOGS = Plan(rate=300.0, duration_s=10.0, seed=19, kafka_traffic_s=15.0, kafka_kills=1)
+
+
+def test_als_kafka_killed_and_restarted(tmp_path: Path) -> None:
+    """Entries are safe (Kafka or spool) before the next message is read: a broker kill loses nothing and
+    every stream still ends OK, confirming all its messages."""
+    result = _run("kafka_killed_twice", tmp_path, replace(ACCESS_LOGS, protocol="als"))
+    assert (result.unconfirmed, result.details["sender_failures"]) == (0, 0)
+
+
+def test_als_collector_sigkilled_loses_only_what_was_in_flight(tmp_path: Path) -> None:
+    """ALS has no acknowledgement and Envoy never resends: a SIGKILL loses at most the entries of the streams it
+    broke that were not yet safe, and nothing confirmed. While no collector listens, the sidecars' flushes are
+    refused (Envoy drops those itself); none of them can be in the store."""
+    plan = replace(ACCESS_LOGS, protocol="als")
+    with fresh_store("postgresql", tmp_path) as url:
+        result = run_scenario("collector_killed_holding_spool", plan, url, tmp_path, kafka=KAFKA)
+    d = result.details
+    assert result.sent + result.unconfirmed == d["generated"] == plan.rate * plan.duration_s
+    assert (result.lost, result.doubled) == (0, 0), result
+    assert d["refused"] > 0 and d["sender_retries"] > 0  # the sidecars reconnected after the kill
+    assert result.sent <= result.stored <= result.sent + result.unconfirmed - d["refused"]
+    assert 0 <= result.in_flight_lost <= result.unconfirmed - d["refused"]
+    assert result.exact
+
+
+def test_otel_collector_sigkilled_loses_nothing(tmp_path: Path) -> None:
+    """OTLP exports are answered only when safe and exporters retry UNAVAILABLE: as exact as Mixer."""
+    result = _run("collector_killed_holding_spool", tmp_path, replace(ACCESS_LOGS, protocol="otel"))
+    assert result.unconfirmed == 0 and result.details["sender_retries"] > 0
