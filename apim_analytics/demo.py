@@ -1,7 +1,8 @@
 """``apim-analytics demo``: the whole spine, end to end, on this machine.
 
 1. start a collector process (the real ``apim-analytics collector serve``),
-2. replay simulated Mixer traffic to it over gRPC,
+2. replay simulated Mixer traffic to it over gRPC (or, with ``--protocol als|otel``, Istio 1.8+
+   sidecars' access logs, after loading the catalog's OpenAPI documents),
 3. stop the collector gracefully,
 4. run the Beam pipeline once into a fresh SQLite store,
 5. print usage per API and tier, and check it against the simulator's ground truth.
@@ -124,18 +125,29 @@ def run_demo(args: DemoSettings) -> int:
     t_all = time.perf_counter()
     target = f"127.0.0.1:{_free_port()}"
     t0 = time.perf_counter()
+    extra: list[str] = []
+    if args.protocol != "mixer":  # Istio 1.8+: requests are matched to the APIs' OpenAPI documents
+        from apim_analytics.cli import main as cli_main
+        from simulator.openapi import write_openapi
+
+        documents = write_openapi(out / "openapi", catalog.apis)
+        if cli_main(["apis", "load", *map(str, documents), "--store", store_url]) != 0:
+            return 1
+        extra = ["--apis-store", store_url]
     print(f"demo: starting collector on {target} -> Kafka {args.kafka}, topic {topic}")
-    proc = start_collector(target, args.kafka, topic, subscriptions, out / "collector.log")
+    proc = start_collector(target, args.kafka, topic, subscriptions, out / "collector.log", extra_args=extra)
     timings["collector start"] = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
         # The replayed window ends now, so every request time is one the collector accepts.
         start_ms = (int(time.time() * 1000) - int(args.duration * 1000)) // 60_000 * 60_000
         config = SimulationConfig(target=target, rate=args.rate, duration=args.duration, seed=args.seed,
-                                  start=start_ms, ground_truth=str(out / "ground-truth.csv"))
+                                  start=start_ms, ground_truth=str(out / "ground-truth.csv"),
+                                  protocol=args.protocol)
         report, truth = simulate(config)
         timings["simulate"] = time.perf_counter() - t0
-        print(f"demo: simulator sent {report.instances} events in {report.calls} HandleMetric calls "
+        unit = {"mixer": "HandleMetric calls", "als": "ALS messages", "otel": "OTLP exports"}[args.protocol]
+        print(f"demo: simulator sent {report.instances} events in {report.calls} {unit} "
               f"({report.failures} failed) in {timings['simulate']:.1f}s")
     finally:
         stop_collector(proc)

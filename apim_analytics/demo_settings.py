@@ -19,7 +19,12 @@ class DemoSettings:
     duration: float = setting(600.0, env="APIM_DEMO_DURATION",
                               help="simulated seconds of traffic, replayed as fast as possible")
     seed: int = setting(7, env="APIM_DEMO_SEED", help="simulation seed")
+    protocol: str = setting("mixer", env="APIM_DEMO_PROTOCOL",
+                            help="what the simulated mesh sends: mixer (Istio 1.1-1.7), or als / otel (Istio 1.8+ "
+                                 "sidecars; the catalog's APIs are loaded from OpenAPI documents first)")
 
     def validate(self) -> None:
         if self.rate <= 0 or self.duration <= 0:
             raise SettingsError("--rate and --duration must be positive")
+        if self.protocol not in ("mixer", "als", "otel"):
+            raise SettingsError(f"--protocol: mixer, als or otel, not {self.protocol!r}")
