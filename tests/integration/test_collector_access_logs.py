@@ -259,3 +259,41 @@ def test_jwt_claims_from_jwt_authn_metadata_resolve_the_caller(collector) -> Non
     (event,) = usage_events(read_topic(usage))
     assert (event.application_id, event.subscription_tier, event.credential_kind, event.user_name) == \
         ("app-1", "Gold", pb.JWT, "alice@acme.com")
+
+
+def test_sigterm_closes_an_idle_stream_with_ok_after_its_entries_are_safe(tmp_path: Path, apis_store: str) -> None:
+    """A graceful stop does not cut a stream mid-message: what was read is made safe, the idle stream then ends
+    OK (Envoy reconnects to another replica), and the stop does not wait for the client to hang up."""
+    import queue
+    import threading
+
+    with running_collector(tmp_path / "spool", apis_store=apis_store, drain_idle_s=0.3,
+                           shutdown_grace_s=10.0) as (running, usage, _):
+        feed: queue.Queue[bytes | None] = queue.Queue()
+
+        def messages() -> Iterator[bytes]:
+            while (raw := feed.get()) is not None:
+                yield raw
+
+        at = int(time.time() * 1000) - 1000
+        with grpc.insecure_channel(running.target) as channel:
+            call = channel.stream_unary(ALS, request_serializer=None, response_deserializer=None)
+            future = call.future(messages(), timeout=30)
+            feed.put(message([http_entry("/pizzashack/1.0.0/menu", at_ms=at + i) for i in range(3)], first=True))
+            feed.put(message([http_entry("/pizzashack/1.0.0/order", at_ms=at + 3, method=3)]))
+            deadline = time.monotonic() + 10
+            while counter("apim_collector_access_log_messages_total", {"protocol": "als"}) < 2 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            began = time.monotonic()
+            stopper = threading.Thread(target=running.stop)
+            stopper.start()
+            future.result(timeout=10)  # OK: the stream was closed by the server, the client never hung up
+            stopper.join(15)
+            assert not stopper.is_alive() and time.monotonic() - began < 8
+            running.stop_error = None  # stopped: the fixture must not stop it again
+            feed.put(None)
+        assert future.code() == grpc.StatusCode.OK
+        events = usage_events(read_topic(usage))
+        assert sorted((e.api_resource_template, e.api_method) for e in events) == \
+            [("/menu", "GET")] * 3 + [("/order", "POST")]
