@@ -329,6 +329,10 @@ class AccessLogMapper:
             if isinstance(attrs, Rejection):
                 rejected.append(attrs)
                 continue
+            problem = _unroutable(attrs)
+            if problem is not None:
+                rejected.append(Rejection(index, (ACCESS_LOG_INSTANCE, None, attrs, -1, -1), *problem))
+                continue
             why = self._identify(attrs)
             if why == RejectCode.NO_API:
                 instance = (ACCESS_LOG_INSTANCE, None, attrs, -1, -1)
@@ -339,6 +343,10 @@ class AccessLogMapper:
                 continue
             if why is not None:
                 dropped[why] += 1
+                continue
+            problem = _untimed(attrs)
+            if problem is not None:
+                rejected.append(Rejection(index, (ACCESS_LOG_INSTANCE, None, attrs, -1, -1), *problem))
                 continue
             instances.append((ACCESS_LOG_INSTANCE, None, attrs, -1, -1))
             positions.append(index)
@@ -352,6 +360,29 @@ class AccessLogMapper:
         mapped.rejected.extend(rejected)
         mapped.rejected.sort(key=lambda r: r.index)
         return AccessLogBatch(mapped, dropped, n)
+
+
+_ROUTING = ("request.host", "request.path", "request.method", "upstream.cluster")
+
+
+def _unroutable(attrs: Attributes) -> tuple[str, str] | None:
+    """(code, reason) for an entry whose host, path, method or cluster is not text (an OTLP attribute can be any
+    kind), before any catalog lookup."""
+    for key in _ROUTING:
+        x = attrs.get(key)
+        if x is not None and type(x) is not str:
+            return RejectCode.WRONG_VALUE_KIND, f"{key}: a {type(x).__name__} where text is expected"
+    return None
+
+
+def _untimed(attrs: Attributes) -> tuple[str, str] | None:
+    """(code, reason) for an entry with no request time: the mapping would take zero for "no time" and stamp
+    the collection time, which is not when the request happened."""
+    at = attrs.get("request.time")
+    ms = at[1] if type(at) is tuple else None
+    if not isinstance(ms, int) or ms <= 0:
+        return RejectCode.TIMESTAMP_OUT_OF_RANGE, "the entry has no request time (start_time unset or not after 1970)"
+    return None
 
 
 def _apply_flags(event: dict[str, Any]) -> None:
@@ -382,21 +413,27 @@ def attributes_message(attrs: Attributes) -> metric_pb2.InstanceMsg:
 
 
 def _set_value(value: type_pb2.Value, x: Any) -> None:
+    """One attribute as a Mixer Value; what a Value cannot hold (a uint64 above int64, a time outside
+    Timestamp's range, a non-finite duration) is kept as text, so the dead letter still says it."""
     t = type(x)
-    if t is str:
-        value.string_value = x
-    elif t is bool:
-        value.bool_value = x
-    elif t is int:
-        value.int64_value = x
-    elif t is float:
-        value.double_value = x
-    elif t is tuple and x[0] == "ts":
-        value.timestamp_value.value.FromMilliseconds(x[1])
-    elif t is tuple and x[0] == "dur":
-        value.duration_value.value.FromMilliseconds(int(x[1]))
-    else:
-        value.string_value = str(x)[:1000]
+    try:
+        if t is str:
+            value.string_value = x
+        elif t is bool:
+            value.bool_value = x
+        elif t is int:
+            value.int64_value = x
+        elif t is float:
+            value.double_value = x
+        elif t is tuple and x[0] == "ts":
+            value.timestamp_value.value.FromMilliseconds(x[1])
+        elif t is tuple and x[0] == "dur":
+            value.duration_value.value.FromMilliseconds(int(x[1]))
+        else:
+            value.string_value = str(x)[:1000]
+    except (ValueError, OverflowError, TypeError):
+        value.Clear()
+        value.string_value = str(x[1] if t is tuple else x)[:1000]
 
 
 def malformed_entry(index: int, raw: bytes, exc: Exception) -> Rejection:

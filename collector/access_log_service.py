@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections import Counter as Tally
@@ -120,9 +121,12 @@ class AlsHandler(_Deliverer):
     async def __call__(self, requests: AsyncIterator[bytes],
                        context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
         STREAMS.inc()
-        code = grpc.StatusCode.OK
+        code, details = grpc.StatusCode.INTERNAL, "the stream ended unexpectedly"
         try:
             code, details = await self._serve(requests)
+        except Exception as exc:  # a bug must end one stream with a reason, never the server
+            log.exception("ALS stream failed")
+            details = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
         finally:
             STREAMS.dec()
             STREAMS_ENDED.labels(code.name).inc()
@@ -287,9 +291,11 @@ def partial_success(batch: AccessLogBatch) -> otlp_pb2.ExportLogsServiceResponse
     rejected = sum(reasons.values())
     if rejected:
         response.partial_success.rejected_log_records = rejected
-        response.partial_success.error_message = "not counted: " + ", ".join(
-            f"{n} {reason}" for reason, n in sorted(reasons.items())) + \
-            " (NO_API: load the API with `apim-analytics apis load`; the records are on the dead-letter topic)"
+        message = "not counted: " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        if set(reasons) - set(batch.dropped):
+            message += " (dead-lettered records are on the dead-letter topic"
+            message += "; NO_API: load the API with `apim-analytics apis load`)" if "NO_API" in reasons else ")"
+        response.partial_success.error_message = message
     return response
 
 
@@ -339,10 +345,12 @@ def _any_value(value: Any) -> Any:
 
 
 def _number(x: Any) -> float | None:
+    """A finite number of milliseconds, or None (text, inf and NaN are left to the mapper to refuse)."""
     try:
-        return float(x) if x is not None else None
+        out = float(x) if x is not None and type(x) is not bool else None
     except (TypeError, ValueError):
         return None
+    return out if out is not None and math.isfinite(out) and abs(out) < 1e15 else None
 
 
 def handlers(als: AlsHandler, otlp: OtlpLogsHandler) -> Sequence[grpc.GenericRpcHandler]:

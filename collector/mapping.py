@@ -64,6 +64,7 @@ class RejectCode:
     MISSING_API = "MISSING_API"
     NO_API = "NO_API"  # an access-log entry whose host and path match no API of the catalog
     MALFORMED_ENTRY = "MALFORMED_ENTRY"  # an access-log entry that is not valid protobuf (or invalid UTF-8)
+    INTERNAL = "INTERNAL"  # the collector could not process an entry (a bug): kept as a dead letter, not lost
 
 
 def short_name(instance_name: str) -> str:

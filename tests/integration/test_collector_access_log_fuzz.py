@@ -26,7 +26,7 @@ and per entry index. An OTLP export's call id is the digest of its bytes.
 The fuzz tests are derandomized (the same examples every run, so the suite is
 stable); ``APIM_FUZZ_EXAMPLES=5000`` makes them a longer random hunt.
 
-Known collector bugs are ``xfail(strict=True)`` (search ``BUG``):
+Bugs this file found in the collector, all fixed (the cases stay as regression tests; search ``BUG``):
 
 - BUG A: an ALS entry whose uint64 size is above int64 max (request/response body
   bytes, TCP bytes) ends the whole stream UNKNOWN ("Value out of range") instead of
@@ -551,8 +551,6 @@ def _huge_size_entry() -> log_pb.HTTPAccessLogEntry:
     return entry
 
 
-@pytest.mark.xfail(strict=True, reason="BUG A/B: an entry with a uint64 size above int64 max, or a time outside "
-                                       "Timestamp's range, ends the ALS stream UNKNOWN (see the module docstring)")
 @fuzz(15)
 @given(messages=structured_streams(FULL_RANGE))
 @example(messages=[[_huge_size_entry()]])
@@ -778,18 +776,6 @@ def _start_ms(ms: int) -> Callable[[log_pb.HTTPAccessLogEntry], None]:
     return lambda e: e.common_properties.start_time.FromMilliseconds(ms)
 
 
-def _bug(name: str) -> Any:
-    return pytest.mark.xfail(strict=True, reason={
-        "A": "BUG A: a uint64 size above int64 max ends the ALS stream UNKNOWN ('Value out of range') instead of "
-             "one VALUE_OUT_OF_RANGE dead letter",
-        "B": "BUG B: a time outside Timestamp's range ends the ALS stream UNKNOWN ('Timestamp is not valid') "
-             "instead of one dead letter",
-        "D": "BUG D: start_time 0 becomes an event stamped with the collection time, not TIMESTAMP_OUT_OF_RANGE",
-        "E": "BUG E: a start_time before 1970 is VALUE_OUT_OF_RANGE ('request_timestamp_ms: negative value'), "
-             "not TIMESTAMP_OUT_OF_RANGE like any other time far in the past",
-    }[name])
-
-
 def _common_duration_only(ms: int) -> Callable[[log_pb.HTTPAccessLogEntry], None]:
     def mutate(e: log_pb.HTTPAccessLogEntry) -> None:
         e.common_properties.ClearField("time_to_last_downstream_tx_byte")
@@ -817,20 +803,20 @@ ABSURD = [
     pytest.param(_absurd(lambda e: _start_ms(now_ms() - 8 * DAY_MS)(e)),
                  RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time 8 days ago"),
     pytest.param(_absurd(lambda e: _start_ms(-DAY_MS)(e)),
-                 RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time before 1970", marks=_bug("E")),
+                 RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time before 1970"),
     pytest.param(_absurd(lambda e: e.common_properties.ClearField("start_time")),
-                 RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time 0", marks=_bug("D")),
+                 RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time 0"),
     pytest.param(_absurd(lambda e: setattr(e.request, "request_body_bytes", UINT64_MAX)),
-                 RejectCode.VALUE_OUT_OF_RANGE, id="request_body_bytes 2**64-1", marks=_bug("A")),
+                 RejectCode.VALUE_OUT_OF_RANGE, id="request_body_bytes 2**64-1"),
     pytest.param(_absurd(lambda e: setattr(e.response, "response_body_bytes", INT64_MAX + 1)),
-                 RejectCode.VALUE_OUT_OF_RANGE, id="response_body_bytes 2**63", marks=_bug("A")),
-    pytest.param(_tcp(UINT64_MAX), RejectCode.VALUE_OUT_OF_RANGE, id="tcp received_bytes 2**64-1", marks=_bug("A")),
+                 RejectCode.VALUE_OUT_OF_RANGE, id="response_body_bytes 2**63"),
+    pytest.param(_tcp(UINT64_MAX), RejectCode.VALUE_OUT_OF_RANGE, id="tcp received_bytes 2**64-1"),
     pytest.param(_absurd(lambda e: setattr(e.common_properties.start_time, "seconds", TS_MAX_S + 1)),
-                 RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time year 10000", marks=_bug("B")),
+                 RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time year 10000"),
     pytest.param(_absurd(lambda e: setattr(e.common_properties.start_time, "seconds", -(2**62))),
-                 RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time seconds -2**62", marks=_bug("B")),
+                 RejectCode.TIMESTAMP_OUT_OF_RANGE, id="start_time seconds -2**62"),
     pytest.param(_absurd(lambda e: setattr(e.common_properties.time_to_last_downstream_tx_byte, "seconds", 2**62)),
-                 RejectCode.VALUE_OUT_OF_RANGE, id="duration 2**62 s", marks=_bug("B")),
+                 RejectCode.VALUE_OUT_OF_RANGE, id="duration 2**62 s"),
 ]
 
 
@@ -1123,9 +1109,12 @@ def _otlp_text(value: common_pb2.AnyValue | None) -> str | None:
 
 
 def _otlp_expected(record: logs_pb2.LogRecord) -> str:
-    """'drop' (no path: a TCP record of no API), 'NO_API', or the name of the API the record's
-    host, path and method match."""
+    """'drop' (no path: a TCP record of no API), 'NO_API', 'WRONG_VALUE_KIND' (a routing attribute that is
+    not text), or the name of the API the record's host, path and method match."""
     attrs = {kv.key: kv.value for kv in record.attributes}
+    for key in ("request.host", "request.path", "request.method", "upstream.cluster"):
+        if key in attrs and attrs[key].WhichOneof("value") in ("int_value", "bool_value", "double_value"):
+            return RejectCode.WRONG_VALUE_KIND  # routing needs text: one dead letter, before any catalog lookup
     path = _otlp_text(attrs.get("request.path"))
     if path is None:
         return "OtherAPI" if _otlp_text(attrs.get("upstream.cluster")) == DB_CLUSTER else "drop"
@@ -1155,6 +1144,8 @@ def check_otlp_export(served: Served, records: list[logs_pb2.LogRecord]) -> None
     for index, code_ in result.letters.items():
         event(f"dead letter {code_}")
         assert (code_ == RejectCode.NO_API) == (expected[index] == RejectCode.NO_API), (index, records[index])
+        assert (code_ == RejectCode.WRONG_VALUE_KIND) >= (expected[index] == RejectCode.WRONG_VALUE_KIND), \
+            (index, records[index])
         assert code_ != RejectCode.MALFORMED_ENTRY
     for index, e in result.events.items():
         event("event")
@@ -1178,8 +1169,6 @@ def _otlp_crasher() -> list[logs_pb2.LogRecord]:
                        at_ms=SEED_AT_MS)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG C/F: a non-string request.path/host/method or a non-finite or huge "
-                                       "response.duration makes OTLP Export UNKNOWN (see the module docstring)")
 @fuzz(40)
 @given(records=st.lists(otlp_records(full=True), min_size=1, max_size=8))
 @example(records=_otlp_crasher())
@@ -1194,8 +1183,6 @@ def test_structured_otlp_records_over_every_value_kind(served: Served, records: 
     pytest.param("request.host", common_pb2.AnyValue(int_value=80), id="int host"),
     pytest.param("request.method", common_pb2.AnyValue(double_value=1.5), id="double method"),
 ])
-@pytest.mark.xfail(strict=True, reason="BUG F: a non-string request.path, request.host or request.method makes "
-                                       "OTLP Export UNKNOWN (AttributeError) instead of one dead letter")
 def test_a_routing_attribute_that_is_not_text_is_one_rejected_record(
         served: Served, key: str, value: common_pb2.AnyValue) -> None:
     mark, at = marker(), now_ms() - 1000
@@ -1224,8 +1211,6 @@ def _duration_export(mark: str, duration: common_pb2.AnyValue) -> bytes:
     pytest.param(common_pb2.AnyValue(double_value=1e300), id="double 1e300"),
     pytest.param(sv("1e18"), id="string 1e18 ms"),
 ])
-@pytest.mark.xfail(strict=True, reason="BUG C: a non-finite or astronomically large OTLP response.duration makes "
-                                       "Export UNKNOWN instead of one dead letter")
 def test_an_absurd_otlp_duration_is_one_rejected_record(served: Served, duration: common_pb2.AnyValue) -> None:
     mark = marker()
     raw = _duration_export(mark, duration)
@@ -1237,8 +1222,6 @@ def test_an_absurd_otlp_duration_is_one_rejected_record(served: Served, duration
     assert result.letters in ({1: RejectCode.WRONG_VALUE_KIND}, {1: RejectCode.VALUE_OUT_OF_RANGE})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG D: an OTLP record with no time at all becomes an event stamped with "
-                                       "the collection time, not TIMESTAMP_OUT_OF_RANGE")
 def test_an_otlp_record_without_any_time_is_timestamp_out_of_range(served: Served) -> None:
     mark = marker()
     raw = export_request([log_record(base_attributes(mark, 0), at_ms=now_ms() - 1000),
