@@ -84,6 +84,9 @@ class PipelineSettings:
                                  help="streaming: longest a Beam bundle stays open on Flink (latency vs overhead)")
     partition_discovery_s: float = setting(10.0, env="APIM_PIPELINE_PARTITION_DISCOVERY_S",
                                            help="streaming: seconds between looks for new partitions")
+    stall_resubmit_s: float = setting(180.0, env="APIM_PIPELINE_STALL_RESUBMIT_S",
+                                      help="streaming: a job Flink lists RUNNING that commits nothing for this long "
+                                           "while records wait is cancelled and submitted again (0: never)")
 
     def validate(self) -> None:
         if self.max_records_per_run < 1:

@@ -119,6 +119,7 @@ class _Watch:
         self._engine: Engine = make_engine(settings.store, readonly=True)
         self.last_offsets: dict[int, int] = {}
         self.last_progress = time.monotonic()
+        self.waiting = 0  # records on Kafka the store has not committed yet, at the last observation
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -142,7 +143,7 @@ class _Watch:
             # the store's datetimes are naive UTC
             metrics.NEWEST_EVENT_AGE.set(max(0.0, time.time() - newest.replace(tzinfo=dt.UTC).timestamp()))
         lag = self._lag(offsets)
-        waiting = sum(lag.values())
+        waiting = self.waiting = sum(lag.values())
         metrics.BACKLOG.set(waiting)
         return waiting == 0 or time.monotonic() - self.last_progress < self.settings.unhealthy_after_s
 
@@ -239,6 +240,7 @@ def _submit_and_watch(settings: PipelineSettings, beam_args: list[str] | None, j
         return "NOT_SUBMITTED"
     log.info("streaming job submitted", extra={"job_name": job_name, "job_endpoint": settings.job_endpoint})
     submitted = time.monotonic()
+    running_since: float | None = None  # when Flink first listed this submission RUNNING
     own: flink_rest.FlinkJob | None = None
     through_rest = False  # the job server went away; only Flink's REST API is asked
     missing_logged = False
@@ -264,8 +266,19 @@ def _submit_and_watch(settings: PipelineSettings, beam_args: list[str] | None, j
                       extra={"flink_rest": settings.flink_rest, "job_name": job_name})
         running = own is not None and own.state == "RUNNING"
         metrics.STREAMING_UP.set(1 if running else 0)
+        if running and running_since is None:
+            running_since = time.monotonic()
         if watch.observe() and running:
             health.progressed()
+        if running and _stalled(settings, watch, running_since):
+            # Seen under load on the embedded mini-cluster after a driver was SIGKILLed: the next job runs and
+            # checkpoints, yet its SDK workers never read. Commits are whole, so submitting again is safe.
+            log.error("the streaming job runs but commits nothing while records wait; submitting it again",
+                      extra={"job_name": job_name, "waiting_records": watch.waiting,
+                             "stall_resubmit_s": settings.stall_resubmit_s})
+            assert own is not None
+            _cancel(own)
+            return "STALLED"
     _drain(settings, watch)
     # wait for a job not listed yet only while its job server still has it in hand
     in_hand = not through_rest and _beam_state(result) not in (*_TERMINAL, "UNKNOWN")
@@ -311,6 +324,14 @@ def _await_job(host: str, ports: list[int], job_name: str, earlier: set[str], ow
         if own is not None or time.monotonic() >= deadline:
             return own
         time.sleep(1.0)
+
+
+def _stalled(settings: PipelineSettings, watch: _Watch, running_since: float | None) -> bool:
+    """Records wait and nothing has been committed for stall_resubmit_s since the job was listed RUNNING."""
+    if settings.stall_resubmit_s <= 0 or running_since is None or watch.waiting == 0:
+        return False
+    quiet_since = max(watch.last_progress, running_since)
+    return time.monotonic() - quiet_since > settings.stall_resubmit_s
 
 
 def _cancel(job: flink_rest.FlinkJob) -> str:

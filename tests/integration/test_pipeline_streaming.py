@@ -170,7 +170,9 @@ def test_once_and_streaming_take_turns_and_a_sigkill_loses_nothing(
     produce(kafka_bootstrap, topic, seed=43, rate=40, duration_s=10, feed=feed)
     run(settings)
     produce(kafka_bootstrap, topic, seed=44, rate=40, duration_s=10, feed=feed)
-    proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path)
+    # Under load the job after a SIGKILLed driver's has been seen running without ever reading (twice in CI-sized
+    # runs): the driver's stall watchdog submits it again.
+    proc = start_streaming(kafka_bootstrap, topic, store_url, tmp_path, "--stall-resubmit-s", "30")
     try:
         wait_for_offsets(store_url, topic, end_offsets(kafka_bootstrap, topic), workdir=tmp_path)
         assert "cancelling a streaming job left by an earlier driver" in driver_log(tmp_path).read_text()

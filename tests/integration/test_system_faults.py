@@ -15,7 +15,7 @@ from tests.conftest import KAFKA, fresh_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.postgres]
 
-PLAN = Plan(rate=300.0, duration_s=10.0, seed=11, spool_max_mb=0.03, kafka_traffic_s=45.0)
+PLAN = Plan(rate=300.0, duration_s=8.0, seed=11, spool_max_mb=0.03, kafka_traffic_s=25.0)
 
 
 def _run(name: str, tmp_path: Path, plan: Plan = PLAN):
@@ -111,7 +111,7 @@ def test_cluster_taskmanager_killed(tmp_path: Path, flink_cluster: None) -> None
 
 # --- issue 13: Istio 1.8+ sidecars, over Envoy ALS v3 streams and OTLP log exports ---
 
-ACCESS_LOGS = Plan(rate=300.0, duration_s=10.0, seed=19, kafka_traffic_s=15.0, kafka_kills=1)
+ACCESS_LOGS = Plan(rate=300.0, duration_s=8.0, seed=19, kafka_traffic_s=12.0, kafka_kills=1)
 
 
 def test_als_kafka_killed_and_restarted(tmp_path: Path) -> None:

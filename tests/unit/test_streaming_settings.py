@@ -126,3 +126,23 @@ def test_job_names_share_their_family_and_differ_per_submission() -> None:
     for name in (first, second):
         assert re.fullmatch(re.escape(family) + "[0-9a-f]{8}", name), name
     assert not job_name_for(PipelineSettings(topic="apim.usage.v1", store=PG + "2")).startswith(family)
+
+
+def test_a_running_job_that_commits_nothing_while_records_wait_is_stalled() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from pipeline.settings import PipelineSettings
+    from pipeline.stream_job import _stalled
+
+    settings = PipelineSettings(stall_resubmit_s=30.0)
+    now = time.monotonic()
+    quiet = SimpleNamespace(waiting=5, last_progress=now - 100)
+    assert _stalled(settings, quiet, running_since=now - 40)  # type: ignore[arg-type]
+    assert not _stalled(settings, quiet, running_since=now - 10)  # type: ignore[arg-type]  # just started
+    assert not _stalled(settings, quiet, running_since=None)  # type: ignore[arg-type]  # not running
+    assert not _stalled(settings, SimpleNamespace(waiting=0, last_progress=now - 100),  # type: ignore[arg-type]
+                        running_since=now - 40)  # nothing waits
+    assert not _stalled(settings, SimpleNamespace(waiting=5, last_progress=now - 5),  # type: ignore[arg-type]
+                        running_since=now - 40)  # committed recently
+    assert not _stalled(PipelineSettings(stall_resubmit_s=0), quiet, running_since=now - 40)  # type: ignore[arg-type]
