@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -128,8 +127,10 @@ def run_demo(args: DemoSettings) -> int:
     t0 = time.perf_counter()
     extra: list[str] = []
     if args.protocol != "mixer":  # Istio 1.8+: requests are matched to the APIs' OpenAPI documents
-        documents = load_openapi_catalog(catalog, out / "openapi", store_url)
-        print(f"demo: loaded {len(documents)} OpenAPI documents into the API catalog ({out / 'openapi'})")
+        from simulator.openapi import load_catalog
+
+        loaded = load_catalog(store_url, catalog.apis, out / "openapi")
+        print(f"demo: loaded {len(loaded)} OpenAPI documents into the API catalog ({out / 'openapi'})")
         extra = ["--apis-store", store_url]
     print(f"demo: starting collector on {target} -> Kafka {args.kafka}, topic {topic}")
     proc = start_collector(target, args.kafka, topic, subscriptions, out / "collector.log", extra_args=extra)
@@ -172,26 +173,6 @@ def run_demo(args: DemoSettings) -> int:
         stream = sys.stdout if comparison.exact else sys.stderr
         print(f"demo: usage_{granularity} vs simulator ground truth: {comparison.describe()}", file=stream)
     return 0 if all(c.exact for c in comparisons.values()) else 1
-
-
-def load_openapi_catalog(catalog: Any, folder: Path, store_url: str) -> list[Path]:
-    """Write the simulated catalog's OpenAPI documents and load them, as `apim-analytics apis load` does."""
-    import yaml
-
-    from core.api_catalog import check_loadable, parse_openapi
-    from simulator.openapi import write_openapi
-    from store import api_catalog
-    from store.engine import make_engine
-
-    documents = write_openapi(folder, catalog.apis)
-    apis = [parse_openapi(yaml.safe_load(d.read_text()), str(d)) for d in documents]
-    check_loadable(apis)
-    engine = make_engine(store_url)
-    try:
-        api_catalog.save(engine, apis, replace_all=True)
-    finally:
-        engine.dispose()
-    return documents
 
 
 def build_dashboard(store_url: str, path: Path) -> str:

@@ -48,21 +48,16 @@ def build_load(protocol: str, events: int, seed: int = 7) -> list[Any]:
 
 
 def measure(protocol: str, load: list[Any], kafka: str, work: Path) -> dict[str, Any]:
-    from core.api_catalog import parse_openapi
     from simulator.catalog import build_catalog
-    from simulator.openapi import openapi_document
+    from simulator.openapi import load_catalog
     from simulator.sender import SendSettings, send
     from simulator.tokens import subscription_catalog_rows
-    from store import api_catalog
-    from store.engine import make_engine
 
     catalog = build_catalog(seed=7)
     subs = work / "subscriptions.jsonl"
     subs.write_text("".join(json.dumps(r) + "\n" for r in subscription_catalog_rows(catalog)))
     store = f"sqlite:///{work / 'apis.db'}"
-    engine = make_engine(store)
-    api_catalog.save(engine, [parse_openapi(openapi_document(a), a.name) for a in catalog.apis])
-    engine.dispose()
+    load_catalog(store, catalog.apis)
     target = f"127.0.0.1:{_free_port()}"
     topic = f"bench.protocols.{protocol}.{os.getpid()}"
     proc = start_collector(target, kafka, topic, subs, work / f"collector-{protocol}.log",

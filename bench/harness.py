@@ -392,17 +392,9 @@ class System:
 
     def load_api_catalog(self) -> None:
         """The simulated catalog's APIs into the store's API catalog, as `apim-analytics apis load` does."""
-        from core.api_catalog import check_loadable, parse_openapi
-        from simulator.openapi import openapi_document
-        from store import api_catalog
+        from simulator.openapi import load_catalog
 
-        apis = [parse_openapi(openapi_document(a), f"{a.name}.yaml") for a in build_catalog(seed=self.seed).apis]
-        check_loadable(apis)
-        writer = make_engine(self.store_url)
-        try:
-            api_catalog.save(writer, apis, replace_all=True)
-        finally:
-            writer.dispose()
+        load_catalog(self.store_url, build_catalog(seed=self.seed).apis)
 
     # traffic and observation
     def traffic(self, *, rate: float, duration_s: float, seed: int | None = None, max_attempts: int = 10_000,

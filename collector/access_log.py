@@ -15,6 +15,7 @@ the other entries of the message still count.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -195,9 +196,7 @@ def _common(common: log_pb.AccessLogCommon, attrs: Attributes) -> None:
     attrs["request.time"] = ("ts", start_ms)
     total = common.time_to_last_downstream_tx_byte if common.HasField("time_to_last_downstream_tx_byte") \
         else common.duration
-    duration = _ms(total)
-    attrs["response.duration"] = ("dur", duration)
-    attrs["response.time"] = ("ts", start_ms + int(duration))
+    attrs["response.duration"] = ("dur", _ms(total))
     if common.HasField("time_to_last_upstream_rx_byte"):
         upstream = _ms(common.time_to_last_upstream_rx_byte) - _ms(common.time_to_first_upstream_tx_byte)
         attrs["response.upstream_duration"] = ("dur", max(upstream, 0.0))
@@ -206,12 +205,10 @@ def _common(common: log_pb.AccessLogCommon, attrs: Attributes) -> None:
     source = _uri_san(tls.peer_certificate_properties)
     if source:
         attrs["source.principal"] = source
-        attrs["source.namespace"] = spiffe_namespace(source)
     destination = _uri_san(tls.local_certificate_properties)
     if destination:
         attrs["destination.principal"] = destination
     attrs["upstream.cluster"] = common.upstream_cluster
-    attrs["reporter"] = "destination" if common.upstream_cluster.startswith("inbound|") else "source"
     codes = flag_codes(common.response_flags)
     if codes:
         attrs["response.flags"] = ",".join(codes)
@@ -241,7 +238,7 @@ def http_attributes(entry: log_pb.HTTPAccessLogEntry, node: Attributes) -> Attri
     attrs["response.size"] = resp.response_body_bytes
     if resp.HasField("response_code"):
         attrs["response.code"] = resp.response_code.value
-    return attrs
+    return derive(attrs)
 
 
 def tcp_attributes(entry: log_pb.TCPAccessLogEntry, node: Attributes) -> Attributes:
@@ -251,12 +248,68 @@ def tcp_attributes(entry: log_pb.TCPAccessLogEntry, node: Attributes) -> Attribu
     attrs["request.size"] = entry.connection_properties.received_bytes
     attrs["response.size"] = entry.connection_properties.sent_bytes
     attrs["request.scheme"] = "tcp"
-    return attrs
+    return derive(attrs)
 
 
 _METHODS = {1: "GET", 2: "HEAD", 3: "POST", 4: "PUT", 5: "DELETE", 6: "CONNECT", 7: "OPTIONS", 8: "TRACE",
             9: "PATCH"}
 _PROTOCOLS = {1: "HTTP/1.0", 2: "HTTP/1.1", 3: "HTTP/2", 4: "HTTP/3"}
+
+
+def derive(attrs: Attributes) -> Attributes:
+    """Add the attributes both protocols compute from others (the doc's "derived the same way" rows):
+    the response time, the source namespace from its SPIFFE identity, and which side reported."""
+    at, duration = attrs.get("request.time"), _millis(attrs.get("response.duration"))
+    if type(at) is tuple and duration is not None and "response.time" not in attrs:
+        attrs["response.time"] = ("ts", at[1] + int(duration))
+    principal = attrs.get("source.principal")
+    if type(principal) is str and principal and "source.namespace" not in attrs:
+        attrs["source.namespace"] = spiffe_namespace(principal)
+    cluster = attrs.get("upstream.cluster")
+    if type(cluster) is str and "reporter" not in attrs:
+        attrs["reporter"] = "destination" if cluster.startswith("inbound|") else "source"
+    return attrs
+
+
+def _millis(x: Any) -> float | None:
+    """A duration attribute as finite milliseconds, or None (text, inf, NaN and absurd values are left to the
+    mapper to refuse)."""
+    if type(x) is tuple and x[0] == "dur":
+        x = x[1]
+    try:
+        out = float(x) if x is not None and type(x) is not bool else None
+    except (TypeError, ValueError):
+        return None
+    return out if out is not None and math.isfinite(out) and abs(out) < 1e15 else None
+
+
+def otlp_attributes(request: Any) -> list[Attributes | Rejection]:
+    """Each OTLP log record's attributes (docs/access-log-attributes.md, the OTLP column), in order."""
+    out: list[Attributes | Rejection] = []
+    for resource_logs in request.resource_logs:
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                attrs: Attributes = {}
+                for kv in record.attributes:
+                    value = _any_value(kv.value)
+                    if value is not None and value != "-":  # Envoy prints '-' for a value it does not have
+                        attrs[kv.key] = value
+                auth = attrs.get("request.auth_header")
+                if isinstance(auth, str) and auth.startswith(VERIFIED_CLAIMS):
+                    attrs["request.auth_header"] = ""  # only an ALS entry's jwt_authn metadata may say this
+                nanos = record.time_unix_nano or record.observed_time_unix_nano
+                attrs["request.time"] = ("ts", nanos // 1_000_000)
+                out.append(derive(attrs))
+    return out
+
+
+def _any_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind in ("string_value", "bool_value", "int_value", "double_value"):
+        return getattr(value, kind)
+    if kind == "bytes_value":
+        return value.bytes_value.decode("utf-8", "replace")
+    return None  # arrays and key-value lists are not part of the vocabulary
 
 
 def _verified_claims(metadata: Any) -> str:

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import time
 import uuid
 from collections import Counter as Tally
@@ -42,7 +41,6 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from collector import access_log
 from collector.access_log import AccessLogBatch, AccessLogMapper, Attributes
-from collector.credentials import VERIFIED_CLAIMS
 from collector.dedup import RecentCalls
 from collector.delivery import SafeDelivery
 from collector.errors import MalformedCall
@@ -91,7 +89,8 @@ class _Deliverer:
         self.partitions = partitions
         self.producer_id = producer_id
         self.max_bytes = settings.max_message_mb << 20
-        self.credential_dims = {"request.auth_header"}
+        credential = mapper.mapper.mappings.get(access_log.ACCESS_LOG_INSTANCE)
+        self.credential_dims = {credential.credential} if credential and credential.credential else set()
 
     def _records(self, batch: AccessLogBatch, call_id: str, dedup_id: str) -> list[Record]:
         return build_records(batch.mapped, settings=self.settings, partitions=self.partitions, call_id=call_id,
@@ -259,7 +258,7 @@ class OtlpLogsHandler(_Deliverer):
         except (DecodeError, RuntimeError, ValueError) as exc:
             return _refuse(context, invalid, f"malformed ExportLogsServiceRequest (not protobuf, or invalid UTF-8): "
                                              f"{str(exc)[:200]}")
-        entries = otlp_attributes(request)
+        entries = access_log.otlp_attributes(request)
         ENTRIES.labels(self.protocol, "log_record").inc(len(entries))
         if len(entries) > self.settings.max_instances_per_call:
             return _refuse(context, invalid, f"{len(entries)} log records in one export; the limit is "
@@ -304,53 +303,6 @@ def _refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode,
     context.set_code(code)
     context.set_details(details)
     return otlp_pb2.ExportLogsServiceResponse()
-
-
-def otlp_attributes(request: otlp_pb2.ExportLogsServiceRequest) -> list[Attributes | Rejection]:
-    """Each log record's attributes (docs/access-log-attributes.md, the OTLP column), in order."""
-    out: list[Attributes | Rejection] = []
-    for resource_logs in request.resource_logs:
-        for scope_logs in resource_logs.scope_logs:
-            for record in scope_logs.log_records:
-                attrs: Attributes = {}
-                for kv in record.attributes:
-                    value = _any_value(kv.value)
-                    if value is not None and value != "-":  # Envoy prints '-' for a value it does not have
-                        attrs[kv.key] = value
-                auth = attrs.get("request.auth_header")
-                if isinstance(auth, str) and auth.startswith(VERIFIED_CLAIMS):
-                    attrs["request.auth_header"] = ""  # only an ALS entry's jwt_authn metadata may say this
-                nanos = record.time_unix_nano or record.observed_time_unix_nano
-                attrs["request.time"] = ("ts", nanos // 1_000_000)
-                duration = _number(attrs.get("response.duration"))
-                if duration is not None:
-                    attrs["response.time"] = ("ts", nanos // 1_000_000 + int(duration))
-                principal = attrs.get("source.principal")
-                if isinstance(principal, str) and "source.namespace" not in attrs:
-                    attrs["source.namespace"] = access_log.spiffe_namespace(principal)
-                cluster = attrs.get("upstream.cluster")
-                if isinstance(cluster, str) and "reporter" not in attrs:
-                    attrs["reporter"] = "destination" if cluster.startswith("inbound|") else "source"
-                out.append(attrs)
-    return out
-
-
-def _any_value(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    if kind in ("string_value", "bool_value", "int_value", "double_value"):
-        return getattr(value, kind)
-    if kind == "bytes_value":
-        return value.bytes_value.decode("utf-8", "replace")
-    return None  # arrays and key-value lists are not part of the vocabulary
-
-
-def _number(x: Any) -> float | None:
-    """A finite number of milliseconds, or None (text, inf and NaN are left to the mapper to refuse)."""
-    try:
-        out = float(x) if x is not None and type(x) is not bool else None
-    except (TypeError, ValueError):
-        return None
-    return out if out is not None and math.isfinite(out) and abs(out) < 1e15 else None
 
 
 def handlers(als: AlsHandler, otlp: OtlpLogsHandler) -> Sequence[grpc.GenericRpcHandler]:

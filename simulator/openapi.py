@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from core.api_catalog import ApiDefinition, check_loadable, parse_openapi
 from simulator.catalog import Api
 
 
@@ -43,3 +44,23 @@ def write_openapi(folder: str | Path, apis: Iterable[Api]) -> list[Path]:
         path.write_text(yaml.safe_dump(openapi_document(api), sort_keys=False))
         written.append(path)
     return written
+
+
+def load_catalog(store_url: str, apis: Iterable[Api], folder: str | Path | None = None) -> list[ApiDefinition]:
+    """Make ``apis`` the store's whole API catalog, as `apim-analytics apis load --replace` would from their
+    OpenAPI documents (written into ``folder`` first when given, and read back from there)."""
+    from store import api_catalog
+    from store.engine import make_engine
+
+    apis = list(apis)
+    if folder is not None:
+        definitions = [parse_openapi(yaml.safe_load(p.read_text()), str(p)) for p in write_openapi(folder, apis)]
+    else:
+        definitions = [parse_openapi(openapi_document(a), f"{a.name}.yaml") for a in apis]
+    check_loadable(definitions)
+    engine = make_engine(store_url)
+    try:
+        api_catalog.save(engine, definitions, replace_all=True)
+    finally:
+        engine.dispose()
+    return definitions

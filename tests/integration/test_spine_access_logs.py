@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from apim_analytics.cli import main
@@ -31,7 +30,7 @@ from simulator.openapi import write_openapi
 from simulator.sender import OTLP_EXPORT
 from simulator.tokens import Credentials, SigningKey, subscription_catalog_rows
 from simulator.traffic import generate
-from tests.integration.test_spine import RunningCollector
+from tests.integration.test_spine import RunningCollector, _end_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -55,15 +54,6 @@ def collector(kafka_bootstrap: str, topic: str, store_url: str, tmp_path: Path,
         yield running
     finally:
         running.stop()
-
-
-def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-    finally:
-        consumer.close()
 
 
 def _sample(name: str, labels: dict[str, str]) -> float:
