@@ -21,6 +21,7 @@ from bench import (
     kafka_records,
     memory,
     pipeline,
+    pipeline_idle,
     query_latency,
     report,
     spine,
@@ -31,6 +32,7 @@ from core import logs
 logs.configure("WARNING")
 steps = [
     ("CLI start-up", lambda: cli_startup.main([])),
+    ("idle pipeline run --once", lambda: pipeline_idle.main([])),
     ("spine", lambda: spine.main(sys.argv[1:])),
     ("kafka records", lambda: kafka_records.main([])),
     ("spool", lambda: spool.main([])),

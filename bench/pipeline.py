@@ -164,7 +164,8 @@ def bench_stages(kafka: str, topic: str) -> dict:
     fetch = own_cpu_s() - cpu0
     confluent_fetch = None
     try:
-        from pipeline.kafka_source import ConfluentRanges, OffsetRange
+        from pipeline.offsets import OffsetRange
+        from pipeline.readers import ConfluentRanges
 
         consumer = KafkaConsumer(bootstrap_servers=kafka)
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]

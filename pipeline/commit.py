@@ -26,7 +26,6 @@ ranges again; a crash after it finds the offsets moved and reads on from there.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from sqlalchemy import Connection, Engine, delete, select
 from pipeline.aggregate import RunFacts, aggregate_chunks, empty_partial, finish, merge
 from pipeline.elements import ChunkSummary
 from pipeline.errors import ConcurrentRunError
-from pipeline.kafka_source import OffsetRange
+from pipeline.offsets import OffsetRange, run_id
 from store import tables as t
 from store.throttle import ThrottleCount, apply_counts
 from store.upsert import merge_columns, merge_upsert, replace_upsert
@@ -58,20 +57,6 @@ class RunCounts:
 def utc_from_ms(ms: int) -> dt.datetime:
     """Naive UTC datetime (the store's convention) from epoch milliseconds."""
     return dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=int(ms))
-
-
-def run_id(plan: Sequence[OffsetRange]) -> str:
-    """A run's identity: the digest of its planned ranges (a replay of the same ranges has the same id)."""
-    text = ";".join(f"{r.topic}/{r.partition}/{r.start}/{r.end}" for r in sorted(plan))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def stored_offsets(engine: Engine, topic: str) -> dict[int, int]:
-    """The next offset to read per partition, as committed in the store."""
-    with engine.connect() as conn:
-        rows = conn.execute(select(t.source_offsets.c.partition, t.source_offsets.c.next_offset)
-                            .where(t.source_offsets.c.topic == topic))
-        return {int(p): int(o) for p, o in rows}
 
 
 def admitted_resources(engine: Engine | Connection) -> dict[tuple[str, str], frozenset[str]]:

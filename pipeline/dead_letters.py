@@ -17,7 +17,7 @@ from kafka.errors import KafkaError
 
 from core.kafka_errors import translate_kafka
 from pipeline.elements import DeadLettersWritten, DeadRecord
-from pipeline.kafka_source import BOOTSTRAP_TIMEOUT_MS
+from pipeline.offsets import BOOTSTRAP_TIMEOUT_MS
 from pipeline.transforms import DeadBatch
 
 

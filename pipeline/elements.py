@@ -10,10 +10,12 @@ checks, so a summary can only ever be committed once, and only in offset order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from pipeline.aggregate import Partial
 from pipeline.errors import DeadLetterCode
+
+if TYPE_CHECKING:
+    from pipeline.aggregate import Partial  # pandas: not for the readers and the planner
 
 
 class SourceRecord(NamedTuple):

@@ -32,8 +32,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.errors import ApimError
-from pipeline.commit import stored_offsets
-from pipeline.kafka_source import BOOTSTRAP_TIMEOUT_MS
+from pipeline.offsets import BOOTSTRAP_TIMEOUT_MS, stored_offsets
 
 log = logging.getLogger(__name__)
 

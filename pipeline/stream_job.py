@@ -42,9 +42,8 @@ from sqlalchemy import Engine, func, select
 
 from core.errors import ApimError
 from pipeline import flink_rest, metrics
-from pipeline.commit import stored_offsets
 from pipeline.job import prepare_store, with_retries
-from pipeline.kafka_source import BOOTSTRAP_TIMEOUT_MS
+from pipeline.offsets import BOOTSTRAP_TIMEOUT_MS, stored_offsets
 from pipeline.settings import PipelineSettings, flink_rest_ports
 from pipeline.streaming import DRAIN, READ_POSITIONS, build_streaming_pipeline
 from store.engine import make_engine

@@ -44,10 +44,11 @@ from sqlalchemy import Engine
 
 from core.errors import ApimError
 from core.kafka_errors import translate_kafka
-from pipeline.commit import ChunkOutcome, commit_chunks, stored_offsets
+from pipeline.commit import ChunkOutcome, commit_chunks
 from pipeline.dead_letters import WriteDeadLetters
 from pipeline.elements import ChunkSummary, DeadLettersWritten, RecordBatch
-from pipeline.kafka_source import BOOTSTRAP_TIMEOUT_MS, counted_calls, mark_counted
+from pipeline.kafka_source import counted_calls, mark_counted
+from pipeline.offsets import BOOTSTRAP_TIMEOUT_MS, stored_offsets
 from pipeline.settings import PipelineSettings
 from pipeline.transforms import DEAD_LETTERS, DecodeAndPreAggregate
 

@@ -23,10 +23,13 @@ the 62 s lower bound.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where arrays are made: store.tables needs only the names
+    import numpy as np
 
 ALPHA = 0.10
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
@@ -58,14 +61,21 @@ def bucket_estimate(index: int) -> float:
 
 # The lower bounds of buckets 1 .. BUCKET_COUNT - 1, the very floats bucket_bounds reports: a latency's
 # bucket is the number of them it reaches (a log-based index misplaces values at the edges).
-_ESTIMATES = np.array([bucket_estimate(index) for index in range(BUCKET_COUNT)])
-_LOWER_EDGES = np.array([GAMMA ** (index - 1) for index in range(1, BUCKET_COUNT)])
+@functools.cache
+def _edges() -> tuple[np.ndarray, np.ndarray]:
+    """(estimates, lower edges) as arrays."""
+    import numpy as np
+
+    return (np.array([bucket_estimate(index) for index in range(BUCKET_COUNT)]),
+            np.array([GAMMA ** (index - 1) for index in range(1, BUCKET_COUNT)]))
 
 
 def bucket_of(latency_ms: np.ndarray) -> np.ndarray:
     """Bucket index per latency (vectorised; negative and NaN latencies go to bucket 0)."""
+    import numpy as np
+
     x = np.asarray(latency_ms, dtype=np.float64)
-    k = np.searchsorted(_LOWER_EDGES, x, side="right")
+    k = np.searchsorted(_edges()[1], x, side="right")
     return np.where(x >= 1.0, k, 0).astype(np.int64)
 
 
@@ -89,6 +99,8 @@ def percentiles(counts: np.ndarray, q: float) -> np.ndarray:
     Why: an analyst's group-by can return tens of thousands of rows; a Python loop per row costs
     seconds where this costs milliseconds, with the very same nearest-rank rule.
     """
+    import numpy as np
+
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 2:
         raise ValueError(f"expected a (rows x buckets) matrix, got shape {counts.shape}")
@@ -96,7 +108,7 @@ def percentiles(counts: np.ndarray, q: float) -> np.ndarray:
     rank = np.maximum(1, np.ceil(q * total))
     below = (counts.cumsum(axis=1) < rank[:, None]).sum(axis=1)
     index = np.minimum(below, counts.shape[1] - 1)
-    out = _ESTIMATES[index]
+    out = _edges()[0][index]
     return np.where(total > 0, out, np.nan)
 
 

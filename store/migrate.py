@@ -49,15 +49,17 @@ from pathlib import Path
 # seven lines of noise on stderr for every command that touches the store.
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
+import re
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Connection, Engine, inspect, text
 
 from store.errors import StoreError, StoreNotMigrated, StoreRevisionUnknown
 from store.tables import metadata
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
@@ -85,6 +87,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
     ``connection`` reaches store/migrations/env.py through ``config.attributes``.
     """
+    from alembic.config import Config
+
     config = Config()
     # Config values go through configparser interpolation: a '%' in the path must be doubled.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -95,7 +99,34 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 @functools.cache
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
+
+
+_REVISION_LINE = re.compile(r"""^(down_revision|revision)\b[^=\n]*=\s*(?:["']([^"'\n]*)["']|None)""", re.MULTILINE)
+
+
+@functools.cache
+def shipped_head() -> str:
+    """The newest revision shipped, read from the scripts' ``revision`` and ``down_revision`` lines.
+
+    Why not Alembic's: importing Alembic and loading every script costs about 0.4 CPU-s, paid by
+    every process that opens the store only to find it already at head (an idle ``pipeline run
+    --once`` is budgeted 1 CPU-s in all). tests/unit/test_migrate_head.py holds the two equal;
+    anything this reading cannot settle (a branch, an odd line) is left to Alembic.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict(_REVISION_LINE.findall(script.read_text(encoding="utf-8")))
+        if "revision" not in found:
+            return head_revision()
+        revisions.add(found["revision"])
+        if found.get("down_revision"):
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else head_revision()
 
 
 def head_revision() -> str:
@@ -107,7 +138,10 @@ def head_revision() -> str:
 
 
 def _current(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    """The store's revision, read with plain SQL (no Alembic import); None when it has none."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -126,12 +160,14 @@ def require_current(engine: Engine, where: str) -> None:
         StoreNotMigrated: the store has no schema, or another revision than head.
     """
     current = current_revision(engine)
-    head = head_revision()
-    if current == head:
+    if current == shipped_head():
         return
+    head = head_revision()
     if current is None:
         raise StoreNotMigrated(f"{where} has no analytics tables",
                                hint="create them with 'apim-analytics store migrate --store URL'")
+    from alembic.util import CommandError
+
     try:
         known = _script().get_revision(current) is not None
     except CommandError:  # alembic's one error type: a revision its scripts do not have
@@ -177,6 +213,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             ``revision`` is unknown or behind the store.
     """
     if revision != "head":
+        from alembic.util import CommandError
+
         try:
             known = _script().get_revision(revision) is not None
         except CommandError:  # alembic's one error type: an unknown or ambiguous identifier
@@ -188,8 +226,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with _IN_PROCESS, engine.begin() as conn:
         _lock(conn)
         _refuse_pre_alembic(conn)
-        if revision == "head" and _current(conn) == head_revision():
-            return  # the common case on every start: skip loading env.py and the scripts
+        if revision == "head" and _current(conn) == shipped_head():
+            return  # the common case on every start: no Alembic import, no scripts loaded
+        from alembic import command
+        from alembic.util import CommandError
+
         try:
             command.upgrade(alembic_config(conn), revision)
         except CommandError as exc:  # one error type for callers; the transaction rolls back

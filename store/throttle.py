@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
 from sqlalchemy import Connection, Engine, and_, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -185,6 +184,8 @@ def _read_document(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise PolicyError(f"{path}: cannot read: {reason}") from exc
+    import yaml  # only where a policies file is read: every pipeline start imports this module
+
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)

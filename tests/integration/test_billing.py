@@ -26,7 +26,7 @@ from billing.publisher import (
 )
 from billing.reconcile import reconcile
 from pipeline.commit import commit_run
-from pipeline.kafka_source import OffsetRange
+from pipeline.offsets import OffsetRange
 from store import tables as t
 from store.engine import create_schema, make_engine
 from tests.integration.test_store_commit import event, facts

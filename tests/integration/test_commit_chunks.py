@@ -8,10 +8,11 @@ import pytest
 from sqlalchemy import func, select
 
 from collector.columns import build_columns
-from pipeline.commit import ChunkOutcome, commit_chunks, stored_offsets
+from pipeline.commit import ChunkOutcome, commit_chunks
 from pipeline.elements import ChunkSummary, RecordBatch, SourceRecord
 from pipeline.errors import ConcurrentRunError
 from pipeline.job import prepare_store
+from pipeline.offsets import stored_offsets
 from pipeline.settings import PipelineSettings
 from pipeline.transforms import DecodedBatch, DecodeRecords, PreAggregate
 from store import tables as t

@@ -31,7 +31,7 @@ from dashboards.settings import DashboardSettings
 from pipeline.aggregate import aggregate_chunk, finish
 from pipeline.commit import commit_run
 from pipeline.decode import ChunkBuilder
-from pipeline.kafka_source import OffsetRange
+from pipeline.offsets import OffsetRange
 from query.usage import usage
 from simulator.ground_truth import GroundTruth
 from store import tables as t

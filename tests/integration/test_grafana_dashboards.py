@@ -32,7 +32,7 @@ import pytest
 from sqlalchemy import Engine
 
 from pipeline.commit import commit_run
-from pipeline.kafka_source import OffsetRange
+from pipeline.offsets import OffsetRange
 from query.usage import usage
 from store.engine import create_schema, make_engine
 from store.latency import BUCKET_COUNT, bucket_of, percentile

@@ -20,13 +20,14 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import func, select, text
 
+import pipeline.bounded as bounded
 import pipeline.job as job
 import pipeline.transforms as source
 from bench.feed import Feed, simulated_calls
 from collector.columns import build_columns
 from core.record_format import USAGE_RECORD_SCHEMA
-from pipeline.commit import stored_offsets
 from pipeline.job import run, run_once
+from pipeline.offsets import stored_offsets
 from pipeline.settings import PipelineSettings
 from schemas.apim.usage.v1.dead_letter_pb2 import DeadLetter
 from simulator.check import compare_all
@@ -104,7 +105,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> Iterator[None]:
                 return real(chunk, keep)
             m.setattr(source, "aggregate_chunk", failing)
         elif point == "before the transaction":
-            m.setattr(job, "commit_run", lambda *a, **k: (_ for _ in ()).throw(Crash("before commit")))
+            m.setattr(bounded, "commit_run", lambda *a, **k: (_ for _ in ()).throw(Crash("before commit")))
         elif point == "inside the transaction":
             import pipeline.commit as commit
 
@@ -112,12 +113,12 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> Iterator[None]:
                 raise Crash("after the facts were written, before COMMIT")
             m.setattr(commit, "_remember_calls", failing_remember)
         elif point == "after the transaction":
-            real_commit = job.commit_run
+            real_commit = bounded.commit_run
 
             def commit_then_crash(*a, **k):
                 real_commit(*a, **k)
                 raise Crash("after COMMIT")
-            m.setattr(job, "commit_run", commit_then_crash)
+            m.setattr(bounded, "commit_run", commit_then_crash)
         else:
             raise ValueError(point)
         yield
@@ -167,8 +168,8 @@ def test_a_replay_of_the_same_offsets_is_refused_and_changes_nothing(
     from apache_beam.options.pipeline_options import PipelineOptions
 
     with (pytest.raises(Exception, match=r"ConcurrentRunError|is at offset"),
-          beam.Pipeline(options=PipelineOptions(job.DEFAULT_BEAM_ARGS)) as p):
-        job.build_pipeline(p, s, plan, {})
+          beam.Pipeline(options=PipelineOptions(bounded.DEFAULT_BEAM_ARGS)) as p):
+        bounded.build_pipeline(p, s, plan, {})
     assert stored_offsets(engine, topic) == offsets
     engine.dispose()
     assert_exact(store_url, feed.truth)
@@ -401,3 +402,22 @@ def test_the_database_unavailable_and_then_back(kafka_bootstrap: str, topic: str
     assert_exact(store_url, feed.truth)
     with make_engine(store_url).connect() as conn:
         assert conn.execute(text("select 1")).scalar() == 1
+
+
+def test_an_idle_once_run_imports_neither_beam_nor_pandas(kafka_bootstrap: str, topic: str, store_url: str) -> None:
+    """A ``--once`` that finds nothing to read plans with the store and one consumer only: Beam alone
+    costs 1.6 CPU-s to import here, and a cron job runs ``--once`` whether or not events came."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from apim_analytics.cli import main; rc = main(); "
+             "print(sorted(m for m in ('apache_beam', 'pandas', 'numpy', 'alembic') if m in sys.modules)); "
+             "sys.exit(rc)")
+    args = ["pipeline", "run", "--once", "--kafka", kafka_bootstrap, "--topic", topic, "--store", store_url]
+    first = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]  # creates the schema: Alembic may load here
+    idle = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert idle.returncode == 0, idle.stderr[-2000:]
+    assert idle.stdout.splitlines() == ["pipeline: 0 run(s), 0 records, 0 events, 0 duplicates dropped, 0 records "
+                                        "sent to the dead-letter topic, 0 requests folded into resource 'other'",
+                                        "[]"]

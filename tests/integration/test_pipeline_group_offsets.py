@@ -15,8 +15,8 @@ from kafka.errors import KafkaConnectionError
 from sqlalchemy import create_engine
 
 import pipeline.group_offsets as group_offsets
-from pipeline.commit import stored_offsets
 from pipeline.job import run
+from pipeline.offsets import stored_offsets
 from store.engine import make_engine
 from tests.conftest import fresh_store
 from tests.integration.test_pipeline_exactly_once import produce, settings

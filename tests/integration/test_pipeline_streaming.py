@@ -20,8 +20,8 @@ from kafka.admin import KafkaAdminClient, NewPartitions
 from bench.harness import CLUSTER_FLINK_REST, STANDALONE_CLUSTER
 from core.errors import ApimError
 from pipeline import flink_rest
-from pipeline.commit import stored_offsets
 from pipeline.job import run
+from pipeline.offsets import stored_offsets
 from pipeline.settings import PipelineSettings, flink_rest_ports
 from simulator.check import compare_all
 from store.engine import make_engine

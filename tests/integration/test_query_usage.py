@@ -14,7 +14,7 @@ import pytest
 
 from apim_analytics.cli import main
 from pipeline.commit import commit_run
-from pipeline.kafka_source import OffsetRange
+from pipeline.offsets import OffsetRange
 from query.errors import QueryArgumentError as QueryError
 from query.usage import MEASURES, choose_table, usage
 from store.engine import create_schema, make_engine

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 
 from collector.columns import build_columns
 from pipeline.aggregate import RunFacts, aggregate_chunk, empty_partial, finish
-from pipeline.commit import ConcurrentRunError, admitted_resources, commit_run, stored_offsets
+from pipeline.commit import ConcurrentRunError, admitted_resources, commit_run
 from pipeline.decode import ChunkBuilder
-from pipeline.kafka_source import OffsetRange
+from pipeline.offsets import OffsetRange, stored_offsets
 from store import tables as t
 from store.engine import create_schema, make_engine
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from kafka import KafkaConsumer
 
-from pipeline.kafka_source import OffsetRange, share_budget, waiting_ranges
+from pipeline.offsets import OffsetRange, share_budget, waiting_ranges
 
 
 def plan_ranges(consumer: KafkaConsumer, topic: str, stored: Mapping[int, int], max_records: int

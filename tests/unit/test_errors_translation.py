@@ -263,7 +263,8 @@ def test_beam_fnapirunner_reraises_a_dofn_error_as_found() -> None:
     beam = pytest.importorskip("apache_beam")
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.job import DEFAULT_BEAM_ARGS, runner_error
+    from pipeline.bounded import DEFAULT_BEAM_ARGS
+    from pipeline.job import runner_error
     from store.errors import StoreUnavailable
 
     class Boom(beam.DoFn):

@@ -10,9 +10,9 @@ from kafka import TopicPartition
 
 from collector.columns import build_columns
 from pipeline.aggregate import aggregate_chunk
+from pipeline.bounded import MergeSummaries, RunTotals
 from pipeline.decode import Chunk, ChunkBuilder
-from pipeline.job import MergeSummaries, RunTotals
-from pipeline.kafka_source import OffsetRange
+from pipeline.offsets import OffsetRange
 from tests.support.planning import plan_ranges
 
 
