@@ -17,7 +17,7 @@
    from them, so every row is consistent (histogram sum == requests, classes
    sum to requests). ``usage_minute`` holds the last ``--minute-days`` days
    (the store's retention, 72 hours), rolled up exactly into ``usage_hour``;
-   older hours are drawn per hour; ``usage_day`` and ``usage_month`` are exact
+   older hours are drawn per hour; ``usage_day``, ``usage_app_day`` and ``usage_month`` are exact
    rollups of the hours. Rows go in with binary COPY (the pipeline's upsert
    would take hours for this volume), ``api_catalog`` and
    ``application_catalog`` through the store's own ``merge_columns``. The
@@ -73,7 +73,8 @@ _M = {c: i for i, c in enumerate(MEASURES)}
 _N_SUMS = len(t.USAGE_SUM_COLUMNS)
 _HIST0 = _M["lat_b00"]
 _PG_EPOCH = dt.datetime(2000, 1, 1)
-FILLED_TABLES: tuple[str, ...] = (*(f"usage_{g}" for g in t.GRANULARITIES), "api_catalog", "application_catalog")
+FILLED_TABLES: tuple[str, ...] = (*(f"usage_{g}" for g in t.GRANULARITIES), "usage_app_day", "api_catalog",
+                                  "application_catalog")
 _US = {"minute": 60_000_000, "hour": 3_600_000_000, "day": 86_400_000_000}
 
 
@@ -489,6 +490,7 @@ def fill(url: str, schema: str, spec: FillSpec, *, refill: bool = False,
         with engine.begin() as conn:
             rows["usage_month"] = copy_block(conn, "usage_month", rollup(Block.concat(day_blocks), "month"),
                                              prefixes)
+            rows["usage_app_day"] = conn.execute(text(app_day_rollup_sql())).rowcount
             rows["api_catalog"] = merge_columns(conn, t.api_catalog, apis, key=("api_name", "api_version"),
                                                 replace=[c for c in apis if c not in ("api_name", "api_version")])
             rows["application_catalog"] = merge_columns(
@@ -559,7 +561,15 @@ def pick_apis(engine: Engine, start: dt.datetime, end: dt.datetime) -> dict[str,
     return {"busy": ranked[0], "median": ranked[len(ranked) // 2], "quiet": ranked[-1]}
 
 
-_TARGET_SQL = ("SELECT application_id, bucket_start, {sums} FROM usage_day "
+def app_day_rollup_sql() -> str:
+    """usage_app_day as the exact rollup of usage_day (what the pipeline writes beside it)."""
+    key = ", ".join(t.USAGE_APP_KEY_COLUMNS)
+    sums = ", ".join(f"sum({c})" for c in t.USAGE_SUM_COLUMNS)
+    return (f"INSERT INTO usage_app_day ({key}, {', '.join(t.USAGE_SUM_COLUMNS)}, latency_min_us, latency_max_us) "
+            f"SELECT {key}, {sums}, min(latency_min_us), max(latency_max_us) FROM usage_day GROUP BY {key}")
+
+
+_TARGET_SQL = ("SELECT application_id, bucket_start, {sums} FROM usage_app_day "
                "WHERE bucket_start >= :s AND bucket_start < :e AND api_name = :api "
                "GROUP BY application_id, bucket_start")
 _VIEW_SQL = ("SELECT day, api_version, tier, requests, count_2xx, count_4xx, count_5xx, throttled_out "

@@ -28,6 +28,7 @@ from store.latency import BUCKET_COUNT, bucket_of, histogram_column
 from store.tables import (
     DESTINATION_DIMENSIONS,
     DESTINATION_SUM_COLUMNS,
+    USAGE_APP_DIMENSIONS,
     USAGE_DIMENSIONS,
     USAGE_SUM_COLUMNS,
     USER_DAY_SUM_COLUMNS,
@@ -38,6 +39,7 @@ KEY_TYPES = np.array(["UNKNOWN", "PRODUCTION", "SANDBOX"], dtype=object)
 HIST_COLUMNS = tuple(histogram_column(i) for i in range(BUCKET_COUNT))
 
 USAGE_KEY = ("bucket_ms", *USAGE_DIMENSIONS)
+USAGE_APP_KEY = ("bucket_ms", *USAGE_APP_DIMENSIONS)
 USER_DAY_KEY = ("bucket_ms", "api_name", "api_version", "application_id", "user_name")
 DESTINATION_KEY = ("bucket_ms", *DESTINATION_DIMENSIONS)
 THROTTLE_KEY = ("level", "throttle_key", "policy", "bucket_ms")
@@ -63,6 +65,7 @@ class RunFacts:
     """One run's facts, ready to write: every frame keyed as its table."""
 
     usage: dict[str, pd.DataFrame]          # granularity -> frame
+    app_day: pd.DataFrame                   # the day without resource and method (usage_app_day)
     user_day: pd.DataFrame
     destination: dict[str, pd.DataFrame]    # hour/day -> frame
     throttle: pd.DataFrame
@@ -383,6 +386,9 @@ def finish(total: Partial, admitted: Mapping[tuple[str, str], frozenset[str]], m
                         DESTINATION_KEY, _sum_agg(DESTINATION_SUM_COLUMNS))
     apis = total.apis
     last_access = apis[["api_name", "api_version", "api_context", "last_ms"]] if len(apis) else apis
-    return RunFacts(usage=rollups, user_day=total.user_day, destination={"hour": dest_hour, "day": dest_day},
+    day = rollups["day"]
+    app_day = _regroup(day, USAGE_APP_KEY, _USAGE_AGG)[[*USAGE_APP_KEY, *_USAGE_AGG]] if len(day) else day
+    return RunFacts(usage=rollups, app_day=app_day, user_day=total.user_day,
+                    destination={"hour": dest_hour, "day": dest_day},
                     throttle=total.throttle, apis=apis, applications=total.applications, last_access=last_access,
                     admitted=new, folds=folds, events=total.events)

@@ -110,6 +110,9 @@ def write_facts(conn: Connection, facts: RunFacts, *, now: dt.datetime, near_lim
         written += merge_columns(conn, t.USAGE_TABLES[granularity], _columns(frame, t.USAGE_KEY_COLUMNS),
                                  key=t.USAGE_KEY_COLUMNS, sums=t.USAGE_SUM_COLUMNS, mins=t.USAGE_MIN_COLUMNS,
                                  maxs=t.USAGE_MAX_COLUMNS)
+    written += merge_columns(conn, t.usage_app_day, _columns(facts.app_day, t.USAGE_APP_KEY_COLUMNS),
+                             key=t.USAGE_APP_KEY_COLUMNS, sums=t.USAGE_SUM_COLUMNS, mins=t.USAGE_MIN_COLUMNS,
+                             maxs=t.USAGE_MAX_COLUMNS)
     written += merge_columns(conn, t.usage_user_day, _columns(facts.user_day, t.USER_DAY_KEY_COLUMNS),
                              key=t.USER_DAY_KEY_COLUMNS, sums=t.USER_DAY_SUM_COLUMNS)
     dest_key = ("bucket_start", *t.DESTINATION_DIMENSIONS)

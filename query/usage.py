@@ -33,7 +33,9 @@ latency_p95_ms, latency_p99_ms, latency_mean_ms, latency_max_ms, faults.
 Table choice (``choose_table``): the coarsest table that answers exactly. A table is usable when
 its granularity is not coarser than the ``granularity`` asked for, and when ``start`` and ``end``
 fall on its bucket boundaries (first of the month at midnight for usage_month, midnight for
-usage_day, whole hours for usage_hour, whole minutes for usage_minute). A range that is not even
+usage_day, whole hours for usage_hour, whole minutes for usage_minute). Where that is usage_day and
+the question groups by neither resource nor method, usage_app_day answers instead: the same sums
+without those two dimensions, about a sixth of the rows. A range that is not even
 minute-aligned is read from usage_minute, selecting the minutes that *start* in [start, end).
 Without start/end every stored bucket is read.
 
@@ -128,12 +130,18 @@ def _check(start: dt.datetime | None, end: dt.datetime | None, granularity: str 
                          f"end {end.isoformat()}")
 
 
+#: Group-by names that usage_app_day, the daily rollup without resource and method, cannot answer.
+_NOT_IN_APP_DAY = frozenset({"resource", "method"})
+
+
 def _choose(family: _Family, start: dt.datetime | None, end: dt.datetime | None,
-            granularity: str | None) -> str:
+            granularity: str | None, group_by: Sequence[str] = ()) -> str:
     for gran in sorted(family.tables, key=_RANK.__getitem__, reverse=True):  # coarsest first
         if granularity is not None and _RANK[gran] > _RANK[granularity]:
             continue
         if all(v is None or _aligned(v, gran) for v in (start, end)):
+            if family is _USAGE and gran == "day" and not _NOT_IN_APP_DAY & set(group_by):
+                return t.usage_app_day.name  # the same sums in about a sixth of the rows
             return family.tables[gran].name
     if family is _USAGE:  # not even minute-aligned: the minutes that start inside the range
         return t.usage_minute.name
@@ -152,7 +160,7 @@ def choose_table(group_by: Sequence[str] = (), start: dt.datetime | None = None,
     family = _family(group_by)
     start, end = _utc(start, "start"), _utc(end, "end")
     _check(start, end, granularity)
-    return _choose(family, start, end, granularity)
+    return _choose(family, start, end, granularity, group_by)
 
 
 def _names(values: str | Iterable[str] | None, what: str) -> list[str] | None:
@@ -215,7 +223,7 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
     app_ids = _names(applications, "application")
     if app_ids is not None and "application_id" not in {c.name for c in family.tables[next(iter(family.tables))].c}:
         raise QueryArgumentError(f"grouping by {family.name!r}: the table has no application to filter on")
-    table = t.metadata.tables[_choose(family, start, end, granularity)]
+    table = t.metadata.tables[_choose(family, start, end, granularity, group_by)]
 
     keys = [GROUP_BY[g] for g in group_by if g != "status_class"]
     sum_cols, max_cols = _sources(family, measures, "status_class" in group_by)
@@ -284,6 +292,8 @@ def _frame(rows: Sequence[Sequence], keys: list[str], values: list[str]) -> pd.D
 
 
 def _granularity_of(family: _Family, table: Table) -> str:
+    if table is t.usage_app_day:
+        return "day"
     return next(g for g, tb in family.tables.items() if tb is table)
 
 

@@ -18,7 +18,11 @@ from sqlalchemy import func, select
 
 from simulator.ground_truth import GroundTruth
 from store.engine import make_engine
-from store.tables import USAGE_TABLES
+from store.tables import USAGE_TABLES, usage_app_day
+
+#: The tables compared, by name: each usage granularity, and the day rollup without resource and method
+#: (read by analysts' day questions), each with the granularity its buckets have.
+CHECKED_TABLES = {**{g: (table, g) for g, table in USAGE_TABLES.items()}, "app_day": (usage_app_day, "day")}
 
 Key = tuple[int, str, str, str, str]
 # count_2xx, count_3xx, count_4xx, count_5xx, request_bytes, response_bytes
@@ -28,9 +32,10 @@ _EPOCH = dt.datetime(1970, 1, 1)
 
 
 def stored_cells(store_url: str, granularity: str = "minute") -> dict[Key, Cell]:
-    """The granularity's usage table summed to {(bucket, api, version, app, tier): cell}; buckets in epoch ms."""
+    """The granularity's usage table (or ``app_day``) summed to {(bucket, api, version, app, tier): cell};
+    buckets in epoch ms."""
     engine = make_engine(store_url, readonly=True)
-    t = USAGE_TABLES[granularity].c
+    t = CHECKED_TABLES[granularity][0].c
     keys = (t.bucket_start, t.api_name, t.api_version, t.application_id, t.tier)
     try:
         with engine.connect() as conn:
@@ -87,7 +92,7 @@ class Comparison:
 
 def compare(store_url: str, truth: GroundTruth, granularity: str = "minute") -> Comparison:
     """Key-by-key comparison of one granularity's table with the ground truth."""
-    stored, expected = stored_cells(store_url, granularity), truth_cells(truth, granularity)
+    stored, expected = stored_cells(store_url, granularity), truth_cells(truth, CHECKED_TABLES[granularity][1])
     result = Comparison(expected_requests=sum(sum(c[:4]) for c in expected.values()),
                         stored_requests=sum(sum(c[:4]) for c in stored.values()))
     result.missing = sorted(k for k in expected if k not in stored)
@@ -97,5 +102,5 @@ def compare(store_url: str, truth: GroundTruth, granularity: str = "minute") -> 
 
 
 def compare_all(store_url: str, truth: GroundTruth) -> dict[str, Comparison]:
-    """Every granularity's table against the ground truth."""
-    return {g: compare(store_url, truth, g) for g in USAGE_TABLES}
+    """Every granularity's table, and the day rollup without resource and method, against the ground truth."""
+    return {g: compare(store_url, truth, g) for g in CHECKED_TABLES}

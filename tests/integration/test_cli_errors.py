@@ -203,5 +203,5 @@ def test_reader_on_a_store_newer_than_this_version(kind: str, tmp_path: Path,
         capsys.readouterr()
         code, line = _run(["usage", "--group-by", "api", "--store", url], tmp_path, capsys)
         assert (code, line) == (1, f"apim-analytics: store '{_host(url)}' is at schema revision '0099_future', newer "
-                                   "than this version's '0006_api_tcp_clusters'; upgrade istio-apim-analytics to "
+                                   "than this version's '0007_usage_app_day'; upgrade istio-apim-analytics to "
                                    "read it")

@@ -37,6 +37,7 @@ from store.tables import (
     USAGE_TABLES,
     latency_buckets,
     metadata,
+    usage_app_day,
 )
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,7 @@ def test_current_revision_is_head(engine: Engine) -> None:
     assert migrate.current_revision(engine) is None
     migrate.upgrade(engine)
     script_head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
-    assert migrate.current_revision(engine) == migrate.head_revision() == script_head == "0006_api_tcp_clusters"
+    assert migrate.current_revision(engine) == migrate.head_revision() == script_head == "0007_usage_app_day"
 
 
 def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
@@ -94,7 +95,7 @@ def test_second_upgrade_is_a_no_op(engine: Engine) -> None:
     event.listen(engine, "before_cursor_execute", record)
     try:
         create_schema(engine)
-        migrate.upgrade(engine, "0006_api_tcp_clusters")
+        migrate.upgrade(engine, "0007_usage_app_day")
     finally:
         event.remove(engine, "before_cursor_execute", record)
     writes = [s for s in statements if s in ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")]
@@ -136,6 +137,27 @@ def test_usage_api_indexes_are_added_to_a_store_holding_data(engine: Engine) -> 
         command.downgrade(migrate.alembic_config(conn), "0003_billing")
     with engine.connect() as conn:
         assert all(inspect(conn).get_indexes(table.name) == [] for table in USAGE_TABLES.values())
+
+
+def test_usage_app_day_is_filled_from_usage_day_on_upgrade(engine: Engine) -> None:
+    """0007 on a store at 0006 holding usage_day rows: usage_app_day holds their sums without resource and
+    method, so a query reads the same from either table the moment the upgrade commits."""
+    migrate.upgrade(engine, "0006_api_tcp_clusters")
+    key = {"bucket_start": dt.datetime(2026, 3, 1), "api_name": "PizzaShackAPI", "api_version": "1.0.0",
+           "api_context": "/pizzashack/1.0.0", "application_id": "app-1", "tier": "Gold", "key_type": "PRODUCTION"}
+    zero = dict.fromkeys((*USAGE_SUM_COLUMNS, *USAGE_MIN_COLUMNS, *USAGE_MAX_COLUMNS), 0)
+    rows = [key | zero | {"resource_template": "/menu", "method": "GET", "requests": 3, "lat_b10": 3,
+                          "latency_min_us": 900, "latency_max_us": 5_000},
+            key | zero | {"resource_template": "/order", "method": "POST", "requests": 4, "count_5xx": 1,
+                          "latency_min_us": 700, "latency_max_us": 2_000},
+            key | zero | {"application_id": "app-2", "resource_template": "/menu", "method": "GET", "requests": 5}]
+    with engine.begin() as conn:
+        conn.execute(USAGE_TABLES["day"].insert(), rows)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        got = [dict(r._mapping) for r in conn.execute(select(usage_app_day).order_by(usage_app_day.c.application_id))]
+    assert [(r["application_id"], r["requests"], r["count_5xx"], r["lat_b10"], r["latency_min_us"],
+             r["latency_max_us"]) for r in got] == [("app-1", 7, 1, 3, 700, 5_000), ("app-2", 5, 0, 0, 0, 0)]
 
 
 def test_pre_alembic_store_is_refused_with_instructions(engine: Engine) -> None:
@@ -246,11 +268,11 @@ def test_cli_migrate_and_revision(store_url: str, capsys: pytest.CaptureFixture[
         assert main(["store", "revision", "--store", store_url]) == 0
         assert capsys.readouterr().out.strip() == "<empty>"
     assert main(["store", "migrate", "--store", store_url]) == 0
-    assert capsys.readouterr().out.strip() == "store: <empty> -> 0006_api_tcp_clusters"
-    assert main(["store", "migrate", "--store", store_url, "--revision", "0006_api_tcp_clusters"]) == 0
-    assert capsys.readouterr().out.strip() == "store: 0006_api_tcp_clusters -> 0006_api_tcp_clusters"
+    assert capsys.readouterr().out.strip() == "store: <empty> -> 0007_usage_app_day"
+    assert main(["store", "migrate", "--store", store_url, "--revision", "0007_usage_app_day"]) == 0
+    assert capsys.readouterr().out.strip() == "store: 0007_usage_app_day -> 0007_usage_app_day"
     assert main(["store", "revision", "--store", store_url]) == 0
-    assert capsys.readouterr().out.strip() == "0006_api_tcp_clusters"
+    assert capsys.readouterr().out.strip() == "0007_usage_app_day"
 
 
 def test_cli_store_defaults_to_env(store_url: str, capsys: pytest.CaptureFixture[str],

@@ -123,8 +123,8 @@ def test_status_class_splits_requests_and_errors_only(store: str) -> None:
 @pytest.mark.parametrize(("start", "end", "granularity", "table"), [
     (dt.datetime(2023, 11, 1), dt.datetime(2023, 12, 1), None, "usage_month"),
     (None, None, None, "usage_month"),
-    (dt.datetime(2023, 11, 1), dt.datetime(2023, 12, 1), "day", "usage_day"),
-    (D1, D2 + dt.timedelta(days=1), None, "usage_day"),
+    (dt.datetime(2023, 11, 1), dt.datetime(2023, 12, 1), "day", "usage_app_day"),
+    (D1, D2 + dt.timedelta(days=1), None, "usage_app_day"),
     (D1.replace(hour=10), D2.replace(hour=10), None, "usage_hour"),
     (D1, D2, "hour", "usage_hour"),
     (D1.replace(hour=10, minute=5), D1.replace(hour=11), None, "usage_minute"),
@@ -133,6 +133,27 @@ def test_status_class_splits_requests_and_errors_only(store: str) -> None:
 ])
 def test_choose_table(start, end, granularity, table) -> None:
     assert choose_table(GROUP, start, end, granularity) == table
+
+
+@pytest.mark.parametrize(("group_by", "table"), [
+    (["api", "application", "bucket"], "usage_app_day"),
+    (["api", "version", "tier", "key_type", "context", "status_class"], "usage_app_day"),
+    ([], "usage_app_day"),
+    (["api", "resource"], "usage_day"),
+    (["api", "method", "bucket"], "usage_day"),
+])
+def test_a_day_question_without_resource_or_method_reads_the_app_day_rollup(group_by, table) -> None:
+    assert choose_table(group_by, D1, D2 + dt.timedelta(days=1), "day") == table
+
+
+def test_the_app_day_rollup_answers_as_usage_day_does(store: str) -> None:
+    """The same question, read from usage_app_day and (forced by grouping on method) from usage_day."""
+    by_app = usage(store, group_by=["api", "application", "bucket"], granularity="day")
+    by_method = usage(store, group_by=["api", "application", "bucket", "method"], granularity="day")
+    folded = by_method.groupby(["api_name", "application_id", "bucket_start"], as_index=False)[
+        ["requests", "errors_4xx", "errors_5xx", "throttled_out", "request_bytes", "response_bytes", "faults"]].sum()
+    assert len(by_app) == len(folded) > 1
+    pd.testing.assert_frame_equal(by_app[folded.columns].reset_index(drop=True), folded, check_dtype=False)
 
 
 def test_choose_table_for_users_and_destinations() -> None:

@@ -100,7 +100,7 @@ def test_access_logs_land_in_the_store_equal_to_the_ground_truth(
     results = run_pipeline(PipelineSettings(kafka=kafka_bootstrap, topic=topic, store=store_url))
     assert sum(r.events for r in results) == int(RATE * DURATION)
     comparisons = compare_all(store_url, truth)
-    assert set(comparisons) == {"minute", "hour", "day", "month"}
+    assert set(comparisons) == {"minute", "hour", "day", "month", "app_day"}
     for granularity, comparison in comparisons.items():
         assert comparison.exact, f"{granularity}: {comparison.describe()}"
         assert comparison.stored_requests == 7_500

@@ -11,7 +11,7 @@ from store import migrate
 
 def test_the_scripts_read_without_alembic_name_alembics_head() -> None:
     migrate.shipped_head.cache_clear()
-    assert migrate.shipped_head() == migrate.head_revision() == "0006_api_tcp_clusters"
+    assert migrate.shipped_head() == migrate.head_revision() == "0007_usage_app_day"
 
 
 def test_a_branch_or_an_unreadable_script_is_left_to_alembic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
