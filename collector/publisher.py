@@ -4,9 +4,9 @@ The producer is kafka-python's, set for safety: ``acks=all``, idempotent,
 unlimited retries within ``delivery_timeout``; batching with a short linger and
 lz4 compression. The record key is the call id (the same for a retried or
 replayed call, so consumers can recognise one), and the partition is chosen
-explicitly from the application (see collector.columns), which keeps each
-application's events in order on one partition and spreads applications over
-all partitions. Headers name the schema and the source.
+explicitly by collector.columns: from the call id by default (one record per
+call), or from the application (``--partition-by application``). Headers name
+the schema and the source.
 
 Kafka's errors enter the collector here and leave as ours (see :meth:`KafkaPublisher.translate`):
 :class:`~collector.errors.RecordRejected` when the cluster will never take the record,

@@ -1,5 +1,6 @@
-"""A mapped call's Kafka records: one columnar record per partition its events fall on, and one dead
-letter per rejection. Shared by the Mixer, ALS and OTLP handlers, so every protocol writes the same records."""
+"""A mapped call's Kafka records: its columnar event records (collector.columns: one per call by default),
+and one dead letter per rejection. Shared by the Mixer, ALS and OTLP handlers, so every protocol writes the
+same records."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def build_records(mapped: MappedCall, *, settings: CollectorSettings, partitions
     records = []
     for batch in partitioned_records(mapped.events, partitions=partitions, call_id=call_id,
                                      producer_id=producer_id, max_record_bytes=s.kafka_max_record_bytes,
-                                     source=source):
+                                     source=source, partition_by=s.partition_by):
         records.append(Record(topic=s.topic, partition=batch.partition, key=batch.batch_id.encode(),
                               value=batch.value))
         if on_batch is not None:

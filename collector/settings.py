@@ -44,6 +44,11 @@ class CollectorSettings:
                                      help="Kafka topic for instances that could not be mapped")
     topic_partitions: int = setting(6, env="APIM_TOPIC_PARTITIONS",
                                     help="partitions when the collector creates the topic")
+    partition_by: str = setting("call", env="APIM_COLLECTOR_PARTITION_BY",
+                                help="how events are spread over partitions: call (one record per call, on the "
+                                     "partition of its call id; fewest records) or application (one record per "
+                                     "partition the call's applications hash to; an application's events in order "
+                                     "on one partition, for consumers that need that)")
     kafka_client: str = setting("kafka-python", env="APIM_KAFKA_CLIENT",
                                 help="producer library: kafka-python, or confluent (optional extra, faster)")
     kafka_max_record_bytes: int = setting(1_000_000, env="APIM_KAFKA_MAX_RECORD_BYTES",
@@ -122,6 +127,8 @@ class CollectorSettings:
             parse_host_port("--metrics-listen", self.metrics_listen)
         if self.topic_partitions < 1:
             raise SettingsError("--topic-partitions must be at least 1")
+        if self.partition_by not in ("call", "application"):
+            raise SettingsError(f"--partition-by: call or application, not {self.partition_by!r}")
         if self.kafka_compression not in KAFKA_COMPRESSIONS:
             raise SettingsError(f"--kafka-compression: unknown codec {self.kafka_compression!r}")
         if self.kafka_client not in ("kafka-python", "confluent"):

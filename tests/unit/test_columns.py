@@ -59,10 +59,19 @@ def test_columns_round_trip_to_rows() -> None:
     assert first.source == pb.MIXER_METRIC_ADAPTER
 
 
-def test_an_application_always_lands_on_one_partition() -> None:
+def test_a_call_is_one_record_on_its_call_ids_partition() -> None:
+    events = [dict(EVENTS[i % 2], call_index=i) for i in range(100)]
+    records = partitioned_records(events, partitions=6, call_id="c0ffee", producer_id="p")
+    assert [(r.partition, r.batch_id, r.events) for r in records] == [(partition_for("c0ffee", 6), "c0ffee", 100)]
+    batch = cols_pb.UsageEventColumns.FromString(records[0].value)
+    assert (batch.count, list(batch.call_index)) == (100, list(range(100)))
+    assert partitioned_records([], partitions=6, call_id="c0ffee", producer_id="p") == []
+
+
+def test_by_application_an_application_always_lands_on_one_partition() -> None:
     events = [dict(EVENTS[0], call_index=i) for i in range(10)] + [dict(EVENTS[1], call_index=10 + i)
                                                                     for i in range(5)]
-    records = partitioned_records(events, partitions=6, call_id="c", producer_id="p")
+    records = partitioned_records(events, partitions=6, call_id="c", producer_id="p", partition_by="application")
     expected = Counter(partition_for(e["application_id"], 6) for e in events)
     assert {r.partition: r.events for r in records} == dict(expected)
     for r in records:
