@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -56,10 +57,20 @@ from query.errors import QueryArgumentError
 from query.names import GRANULARITIES, GROUP_BY, MEASURES, STATUS_CLASSES
 from store import tables as t
 from store.engine import open_reader
-from store.latency import BUCKET_COUNT, histogram_column, percentiles
+from store.latency import BUCKET_COUNT, histogram_column, percentiles_at
 
 __all__ = ["GRANULARITIES", "GROUP_BY", "MEASURES", "STATUS_CLASSES", "QueryArgumentError", "choose_table", "usage"]
 _RANK = {g: i for i, g in enumerate(GRANULARITIES)}
+#: Up to this many stored rows in the asked range, ``usage`` reads them as they are and groups them with
+#: pandas; beyond it, PostgreSQL or SQLite groups them. Why: the database sums BIGINT columns into NUMERIC
+#: and converts every sum back, 67 per group; where the rows are barely more than the groups (a month of
+#: one API by application and day: 4,440 rows, 4,080 groups), that cost 50-90 ms of the query on
+#: PostgreSQL, while reading the rows as they are took 7 ms of server time (bench/query_latency.py). Where
+#: rows are many times the groups, the database's grouping sends far less (the top 10 applications of a
+#: month: 3,324 rows, 201 groups, 42 ms grouped by PostgreSQL, 87 ms here), so the cap stays near the
+#: size where reading every row costs what the database's grouping does. One COUNT(*) over the same index
+#: range decides.
+FOLD_ROWS_UP_TO = 10_000
 _HIST = tuple(histogram_column(i) for i in range(BUCKET_COUNT))
 
 
@@ -194,7 +205,8 @@ def _truncate(col: pd.Series, granularity: str) -> pd.Series:
 def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | None = None,
           end: dt.datetime | None = None, granularity: str | None = None,
           apis: str | Iterable[str] | None = None, applications: str | Iterable[str] | None = None,
-          top: int | None = None, measures: Sequence[str] | None = None) -> pd.DataFrame:
+          top: int | None = None, measures: Sequence[str] | None = None,
+          fold_rows_up_to: int = FOLD_ROWS_UP_TO) -> pd.DataFrame:
     """Usage measures grouped by ``group_by`` over ``[start, end)``, one row per group.
 
     Args:
@@ -207,6 +219,8 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
         measures: compute only these (names from ``MEASURES``; ``requests`` always); the others are NaN.
             Why: the latency histogram is 57 columns, so a caller that needs counts only (a top-N, a
             breakdown by tier) reads a fraction of the data. Default: all.
+        fold_rows_up_to: when the range holds at most this many rows of the table, they are read as they
+            are and grouped here rather than by the database (see ``FOLD_ROWS_UP_TO``); 0 never.
 
     Raises:
         QueryArgumentError: an unknown name, granularity or API, an empty/inverted range, top < 1.
@@ -227,17 +241,18 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
 
     keys = [GROUP_BY[g] for g in group_by if g != "status_class"]
     sum_cols, max_cols = _sources(family, measures, "status_class" in group_by)
+    conditions = []
+    if start is not None:
+        conditions.append(table.c.bucket_start >= start)
+    if end is not None:
+        conditions.append(table.c.bucket_start < end)
+    if api_names is not None:
+        conditions.append(table.c.api_name.in_(api_names))
+    if app_ids is not None:
+        conditions.append(table.c.application_id.in_(app_ids))
     query = select(*(table.c[k] for k in keys),
                    *(cast(func.sum(table.c[s]), BigInteger).label(s) for s in sum_cols),
-                   *(func.max(table.c[m]).label(m) for m in max_cols))
-    if start is not None:
-        query = query.where(table.c.bucket_start >= start)
-    if end is not None:
-        query = query.where(table.c.bucket_start < end)
-    if api_names is not None:
-        query = query.where(table.c.api_name.in_(api_names))
-    if app_ids is not None:
-        query = query.where(table.c.application_id.in_(app_ids))
+                   *(func.max(table.c[m]).label(m) for m in max_cols)).where(*conditions)
     if keys:
         query = query.group_by(*(table.c[k] for k in keys))
 
@@ -246,22 +261,29 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
         with engine.connect() as conn:
             if api_names is not None:
                 _check_apis(conn, table, api_names)
+            folded_here = bool(keys) and fold_rows_up_to > 0 and conn.execute(
+                select(func.count()).select_from(table).where(*conditions)).scalar_one() <= fold_rows_up_to
+            if folded_here:
+                query = select(*(table.c[k] for k in keys), *(table.c[c] for c in sum_cols + max_cols)).where(
+                    *conditions)
             rows = conn.execute(query).all()
     finally:
         if engine is not store:
             engine.dispose()
 
     raw = _frame(rows, keys, sum_cols + max_cols)
+    regroup = folded_here
     if "bucket_start" in keys:
         raw["bucket_start"] = pd.to_datetime(raw["bucket_start"])
-        # The SQL grouped by the keys already; only a table finer than the granularity asked for (the
-        # hours or minutes of an unaligned range) has buckets to fold into coarser ones here.
+        # Only a table finer than the granularity asked for (the hours or minutes of an unaligned range)
+        # has buckets to fold into coarser ones here.
         if granularity is not None and _granularity_of(family, table) != granularity:  # not None: checked above
             raw["bucket_start"] = _truncate(raw["bucket_start"], granularity)
-            agg = dict.fromkeys(sum_cols, "sum") | dict.fromkeys(max_cols, "max")
-            raw = raw.groupby(keys, sort=False, as_index=False, dropna=False).agg(agg)
+            regroup = True
+    if regroup:
+        raw = _regroup(raw, keys, sum_cols, max_cols)
 
-    out = _measures(raw, family)
+    out = _measures(raw, keys)
     if "status_class" in group_by:
         out = _split_status(raw, out)
     group_cols = [GROUP_BY[g] for g in group_by]
@@ -274,20 +296,31 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
     return out.reset_index(drop=True)
 
 
+def _regroup(raw: pd.DataFrame, keys: list[str], sum_cols: list[str], max_cols: list[str]) -> pd.DataFrame:
+    """Rows to one per key: sums and maxima, each as one block operation (a dict of per-column
+    aggregations costs a groupby pass per column: 60 ms for 67 columns of 4,440 rows)."""
+    grouped = raw.groupby(keys, sort=False, dropna=False)
+    parts = [grouped[sum_cols].sum()] + ([grouped[max_cols].max()] if max_cols else [])
+    return pd.concat(parts, axis=1).reset_index()
+
+
 def _frame(rows: Sequence[Sequence], keys: list[str], values: list[str]) -> pd.DataFrame:
     """The query's rows as a frame: the key columns as returned, the sums and maxima as one int64 block.
 
     Why one block: a frame built from row tuples holds every column as Python objects and needs a
     conversion per column; a month of one API by application and day is 70 columns by thousands of
-    rows, where those conversions took a third of the 200 ms budget (bench/query_latency.py).
+    rows, where those conversions took a third of the 200 ms budget (bench/query_latency.py). The block
+    is filled in one pass of C iteration over every value (zip(*rows) into tuples, then an array per
+    column, cost 3x as much).
     """
     if not keys:  # an aggregate without GROUP BY returns one row even over no data
         rows = [r for r in rows if r[0] is not None]
-    columns = list(zip(*rows, strict=True)) if rows else [()] * (len(keys) + len(values))
-    block = np.array(columns[len(keys):], dtype=np.int64).reshape(len(values), len(rows)).T
+    k, n = len(keys), len(rows)
+    block = np.fromiter(chain.from_iterable(r[k:] for r in rows), dtype=np.int64,
+                        count=n * len(values)).reshape(n, len(values))
     frame = pd.DataFrame(block, columns=values)
     for i, key in enumerate(keys):
-        frame.insert(i, key, pd.Series(columns[i]) if rows else pd.Series(dtype=object))
+        frame.insert(i, key, pd.Series([r[i] for r in rows], dtype=object))
     return frame
 
 
@@ -323,35 +356,34 @@ def _open(url: str) -> Engine:
     return open_reader(url)
 
 
-def _measures(raw: pd.DataFrame, family: _Family) -> pd.DataFrame:
+def _measures(raw: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The group columns and every measure (NaN where the table does not store it), as a new frame:
+    copying the 70 raw columns to add 12 cost more than computing the measures."""
     n = len(raw)
-    nan = pd.Series(np.full(n, np.nan), index=raw.index)
-    out = raw.copy()
+    nan = np.full(n, np.nan)
 
-    def col(name: str) -> pd.Series:
+    def col(name: str) -> np.ndarray | pd.Series:
         return raw.get(name, nan)
 
-    out["requests"] = col("requests")
-    out["errors_4xx"] = col("count_4xx")
-    out["errors_5xx"] = col("count_5xx")
-    out["throttled_out"] = col("throttled_out")
-    out["request_bytes"] = col("request_bytes")
-    out["response_bytes"] = col("response_bytes")
-    out["faults"] = col("faults")
+    out: dict[str, object] = {k: raw[k] for k in keys}
+    for measure, stored in (("requests", "requests"), ("errors_4xx", "count_4xx"), ("errors_5xx", "count_5xx"),
+                            ("throttled_out", "throttled_out"), ("request_bytes", "request_bytes"),
+                            ("response_bytes", "response_bytes"), ("faults", "faults")):
+        out[measure] = col(stored)
+    names = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
     if all(h in raw for h in _HIST):
         hist = raw[list(_HIST)].to_numpy(dtype=np.int64)
-        for q, name in ((0.50, "latency_p50_ms"), (0.95, "latency_p95_ms"), (0.99, "latency_p99_ms")):
-            out[name] = pd.Series(percentiles(hist, q) if n else np.empty(0), index=raw.index, dtype="float64")
+        values = percentiles_at(hist, (0.50, 0.95, 0.99)) if n else [np.empty(0)] * 3
+        out.update(zip(names, values, strict=True))
     else:
-        for name in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
-            out[name] = nan
+        out.update(dict.fromkeys(names, nan))
     if "latency_sum_us" in raw:
         req = raw["requests"].where(raw["requests"] > 0)
         out["latency_mean_ms"] = (raw["latency_sum_us"] / req / 1000.0).astype("float64")
     else:
         out["latency_mean_ms"] = nan
     out["latency_max_ms"] = (raw["latency_max_us"] / 1000.0).astype("float64") if "latency_max_us" in raw else nan
-    return out
+    return pd.DataFrame(out, index=raw.index)
 
 
 def _split_status(raw: pd.DataFrame, out: pd.DataFrame) -> pd.DataFrame:

@@ -287,3 +287,14 @@ def test_measures_limit_what_is_read_and_leave_the_rest_nan(store: str) -> None:
     assert by_class["requests"].sum() == 8
     with pytest.raises(QueryError, match="unknown measure\\(s\\) 'p50'; choose from requests, errors_4xx"):
         usage(store, group_by=["api"], measures=["p50"])
+
+
+@pytest.mark.parametrize("group_by", [GROUP, ["api", "resource", "method"], ["application", "bucket"],
+                                      ["tier", "status_class"], ["api", "bucket"]])
+def test_grouped_by_the_database_or_here_the_answer_is_the_same(store: str, group_by: list[str]) -> None:
+    """Up to ``fold_rows_up_to`` stored rows are grouped by pandas, beyond it by the database: both exact."""
+    kw = {"granularity": "hour"} if "bucket" in group_by else {}
+    here = usage(store, group_by=group_by, **kw)
+    by_database = usage(store, group_by=group_by, fold_rows_up_to=0, **kw)
+    assert len(here) > 1
+    pd.testing.assert_frame_equal(here, by_database, check_dtype=False)
