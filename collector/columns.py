@@ -41,10 +41,10 @@ _STRING_FIELDS = frozenset(n for n, fd in EVENT_FIELDS.items() if fd.type == Fie
 
 def _fill_strings(column: cols_pb.StringColumn, values: Sequence[str]) -> None:
     """Dictionary-encode one string column: distinct values once, a code per event."""
-    index: dict[str, int] = {}
-    codes = [index.setdefault(v, len(index)) for v in values]
-    column.values.extend(index)
-    column.codes.extend(codes)
+    distinct = dict.fromkeys(values)  # first-seen order, in C
+    index = {v: i for i, v in enumerate(distinct)}
+    column.values.extend(distinct)
+    column.codes.extend(map(index.__getitem__, values))
 
 
 @functools.lru_cache(maxsize=1 << 16)
