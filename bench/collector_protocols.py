@@ -47,7 +47,8 @@ def build_load(protocol: str, events: int, seed: int = 7) -> list[Any]:
     return batches if protocol == "als" else [otlp_export(f) for f in batches]
 
 
-def measure(protocol: str, load: list[Any], kafka: str, work: Path) -> dict[str, Any]:
+def measure(protocol: str, load: list[Any], kafka: str, work: Path, kafka_client: str = "kafka-python"
+            ) -> dict[str, Any]:
     from simulator.catalog import build_catalog
     from simulator.openapi import load_catalog
     from simulator.sender import SendSettings, send
@@ -61,7 +62,7 @@ def measure(protocol: str, load: list[Any], kafka: str, work: Path) -> dict[str,
     target = f"127.0.0.1:{_free_port()}"
     topic = f"bench.protocols.{protocol}.{os.getpid()}"
     proc = start_collector(target, kafka, topic, subs, work / f"collector-{protocol}.log",
-                           extra_args=["--apis-store", store, "--apis-refresh-s", "0"])
+                           extra_args=["--apis-store", store, "--apis-refresh-s", "0", "--kafka-client", kafka_client])
     settings = SendSettings(target=target, concurrency=CONCURRENCY)
     try:
         cpu0, t0 = process_cpu_s(proc.pid), time.perf_counter()
@@ -87,13 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.collector_protocols", description=__doc__.splitlines()[0])
     parser.add_argument("--kafka", default=os.environ.get("APIM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--events", type=int, default=60_000, help="requests per protocol (default 60,000)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--kafka-client", default="kafka-python", choices=("kafka-python", "confluent"),
+                        help="the collector's producer library")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"default {RESULTS.name}, or collector-protocols-confluent.json for confluent")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS if args.kafka_client == "kafka-python" else RESULTS.with_name(
+            "collector-protocols-confluent.json")
     results = []
     with tempfile.TemporaryDirectory(prefix="apim-bench-protocols-") as tmp:
         for protocol in PROTOCOLS:
             load = build_load(protocol, args.events)
-            results.append(measure(protocol, load, args.kafka, Path(tmp)))
+            results.append(measure(protocol, load, args.kafka, Path(tmp), args.kafka_client))
     base = results[0]["cpu_s_per_1000_events"]
     print(f"{'protocol':<8}{'events':>9}{'messages':>10}{'events/msg':>11}{'events/s':>10}{'events/CPU-s':>14}"
           f"{'CPU-s/1k events':>17}{'vs mixer':>10}")
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['protocol']:<8}{r['events']:>9,}{r['messages']:>10,}{r['events_per_message']:>11}"
               f"{r['events_per_s_wall']:>10,}{r['events_per_cpu_s']:>14,}{r['cpu_s_per_1000_events']:>17}{ratio:>10}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "collector_protocols",
+    args.out.write_text(json.dumps({"benchmark": "collector_protocols", "kafka_client": args.kafka_client,
                                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                     "machine": {"cores": os.cpu_count()}, "results": results}, indent=2) + "\n")
     return 0 if all(r["failures"] == 0 and r["events"] == args.events for r in results) else 1

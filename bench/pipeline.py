@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+import pipeline.bounded  # noqa: F401 - Beam imported before measuring: bench.pipeline_idle prices start-up
 from bench.cpu import own_cpu_s
 from bench.feed import simulated_events
 from collector.columns import BatchRecord, partitioned_records

@@ -28,10 +28,10 @@ def _run(name: str, tmp_path: Path, plan: Plan = PLAN):
     return result
 
 
-def test_kafka_broker_killed_and_restarted_twice(tmp_path: Path) -> None:
-    result = _run("kafka_killed_twice", tmp_path)
-    assert len(result.recovery_s) == 1 and len(result.details["restart_s"]) == 2
-    assert result.details["kills_under_load"] == 2
+# The broker killed twice with Mixer traffic runs in `make bench` (bench.faults) only, to keep `make test` within
+# 25 minutes: the collector's side of it is test_collector_faults.py's broker test, and the whole system's
+# (collector, spool, follow-mode pipeline) is test_als_kafka_killed_and_restarted below, whose records the
+# pipeline reads exactly as it reads Mixer's.
 
 
 def test_collector_killed_while_holding_a_spool(tmp_path: Path) -> None:
