@@ -46,7 +46,9 @@ database as a bound parameter (SQLAlchemy Core). Bad arguments raise ``query.err
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import gc
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain
 
 import numpy as np
@@ -266,12 +268,14 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
             if folded_here:
                 query = select(*(table.c[k] for k in keys), *(table.c[c] for c in sum_cols + max_cols)).where(
                     *conditions)
-            rows = conn.execute(query).all()
+            with _collector_paused():
+                rows = conn.execute(query).all()
+                raw = _frame(rows, keys, sum_cols + max_cols)
+            del rows
     finally:
         if engine is not store:
             engine.dispose()
 
-    raw = _frame(rows, keys, sum_cols + max_cols)
     regroup = folded_here
     if "bucket_start" in keys:
         raw["bucket_start"] = pd.to_datetime(raw["bucket_start"])
@@ -294,6 +298,24 @@ def usage(store: str | Engine, *, group_by: Sequence[str], start: dt.datetime | 
     elif group_cols:
         out = out.sort_values(group_cols, kind="stable")
     return out.reset_index(drop=True)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the rows arrive and become a frame.
+
+    Why: a month of the busiest API is 4,440 rows of 69 values, about 300,000 new objects, none of them
+    in a cycle; every 700 allocations the collector walks the young ones, and some passes reach the
+    oldest generation, whose walks were the slowest calls' extra 50-100 ms (the same query: max 112-152
+    ms with collection paused, 194-223 ms without). Reference counting still frees everything.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _regroup(raw: pd.DataFrame, keys: list[str], sum_cols: list[str], max_cols: list[str]) -> pd.DataFrame:
