@@ -60,7 +60,9 @@ def _floor(ms: int, granularity: str) -> int:
 
 
 def truth_cells(truth: GroundTruth, granularity: str = "minute") -> dict[Key, Cell]:
-    """The ground truth folded to the store's key at a granularity: status classes become columns."""
+    """The ground truth folded to the store's key at a granularity (or a table of ``CHECKED_TABLES``, at its
+    granularity): status classes become columns."""
+    granularity = CHECKED_TABLES[granularity][1] if granularity in CHECKED_TABLES else granularity
     acc: dict[Key, list[int]] = defaultdict(lambda: [0] * 6)
     for bucket_ms, api, version, app, tier, status_class, requests, rq_bytes, rs_bytes in truth.rows():
         cell = acc[(_floor(bucket_ms, granularity), api, version, app, tier)]
@@ -92,7 +94,7 @@ class Comparison:
 
 def compare(store_url: str, truth: GroundTruth, granularity: str = "minute") -> Comparison:
     """Key-by-key comparison of one granularity's table with the ground truth."""
-    stored, expected = stored_cells(store_url, granularity), truth_cells(truth, CHECKED_TABLES[granularity][1])
+    stored, expected = stored_cells(store_url, granularity), truth_cells(truth, granularity)
     result = Comparison(expected_requests=sum(sum(c[:4]) for c in expected.values()),
                         stored_requests=sum(sum(c[:4]) for c in stored.values()))
     result.missing = sorted(k for k in expected if k not in stored)
