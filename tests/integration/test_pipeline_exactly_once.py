@@ -131,7 +131,8 @@ def test_crashes_at_random_points_then_reruns_give_identical_totals(
         kafka_bootstrap: str, topic: str, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     feed = produce(kafka_bootstrap, topic, seed=21, rate=100, duration_s=120)
     records = total_records(kafka_bootstrap, topic)
-    s = settings(kafka_bootstrap, topic, store_url, max_records_per_run=60, chunk_events=1500)
+    s = settings(kafka_bootstrap, topic, store_url, max_records_per_run=10,  # 120 records: one per call
+                 chunk_events=1500)
     job.prepare_store(s)
     rng = random.Random(4)
     crashes = [rng.choice(POINTS) for _ in range(6)]
@@ -143,7 +144,7 @@ def test_crashes_at_random_points_then_reruns_give_identical_totals(
         if point == "after the transaction":
             committed_runs += 1
     results = run(s)
-    assert sum(r.records for r in results) == records - 60 * committed_runs
+    assert sum(r.records for r in results) == records - s.max_records_per_run * committed_runs
     assert_exact(store_url, feed.truth)
     assert scalar(store_url, select(func.sum(t.usage_minute.c.requests))) == 12_000
     # the throttle counters saw every admitted request exactly once too

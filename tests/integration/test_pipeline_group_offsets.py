@@ -55,7 +55,7 @@ def test_the_group_mirrors_the_stores_offsets_after_every_run(kafka_bootstrap: s
                                                                caplog: pytest.LogCaptureFixture) -> None:
     group = f"test-lag-{uuid.uuid4().hex[:8]}"
     with fresh_store("sqlite", tmp_path) as store_url:
-        s = settings(kafka_bootstrap, topic, store_url, consumer_group=group, max_records_per_run=25)
+        s = settings(kafka_bootstrap, topic, store_url, consumer_group=group, max_records_per_run=5)  # 20 records
         produce(kafka_bootstrap, topic, seed=31, rate=50, duration_s=40)
         assert len(run(s)) > 1  # several bounded runs, each followed by the advisory commit
         stored = store_offsets(store_url, topic)

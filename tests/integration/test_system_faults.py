@@ -137,7 +137,7 @@ def test_als_collector_sigkilled_loses_only_what_was_in_flight(tmp_path: Path) -
     assert result.exact
 
 
-def test_otel_collector_sigkilled_loses_nothing(tmp_path: Path) -> None:
-    """OTLP exports are answered only when safe and exporters retry UNAVAILABLE: as exact as Mixer."""
-    result = _run("collector_killed_holding_spool", tmp_path, replace(ACCESS_LOGS, protocol="otel"))
-    assert result.unconfirmed == 0 and result.details["sender_retries"] > 0
+# The OTLP collector SIGKILLed holding a spool runs in `make bench` (bench.faults --protocol otel) only, to keep
+# `make test` within 25 minutes: OTLP exports are answered only when safe and retried like Mixer's calls, whose
+# collector kill runs above (test_collector_killed_while_holding_a_spool), and the OTLP handler's answer-when-safe
+# and retry recognition are tested on the real broker in test_collector_access_logs.py and the access-log spine.
