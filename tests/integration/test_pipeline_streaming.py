@@ -194,9 +194,10 @@ def test_new_partitions_are_picked_up(kafka_bootstrap: str, topic: str, tmp_path
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
         from bench.feed import simulated_calls
 
+        # calls of 5 events: a record is a call, on its call id's partition, so 40 of them reach all four
         for _call, records in simulated_calls(seed=52, rate=40, duration_s=5, start_ms=feed_start(), partitions=4,
-                                              feed=feed):
-            for r in records:  # spread over four partitions now
+                                              batch_size=5, feed=feed):
+            for r in records:
                 producer.send(topic, r.value, key=r.batch_id.encode(), partition=r.partition, headers=HEADERS)
         producer.flush()
         producer.close()
