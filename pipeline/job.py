@@ -31,7 +31,14 @@ from sqlalchemy import Engine
 from core.errors import ApimError
 from core.kafka_errors import translate_kafka
 from pipeline import metrics
-from pipeline.offsets import BOOTSTRAP_TIMEOUT_MS, OffsetRange, share_budget, stored_offsets, waiting_ranges
+from pipeline.offsets import (
+    BOOTSTRAP_TIMEOUT_MS,
+    OffsetRange,
+    run_id,
+    share_budget,
+    stored_offsets,
+    waiting_ranges,
+)
 from pipeline.readers import pool_readers
 from pipeline.settings import PipelineSettings
 from store.engine import create_schema, make_engine
@@ -56,7 +63,6 @@ def _committed(settings: PipelineSettings, plan: list[OffsetRange], seconds: flo
     """The run as its commit recorded it (``pipeline_runs``): the numbers that actually landed."""
     from sqlalchemy import select
 
-    from pipeline.offsets import run_id
     from store.tables import pipeline_runs
 
     engine = make_engine(settings.store, readonly=True)
